@@ -1,0 +1,55 @@
+# `make demo` and `make test` each do their own set-up on a fresh Debian 12 machine (run as root).
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+VENV := .venv
+PY := $(VENV)/bin/python
+# Lambda runs python3.12: prefer it (pyenv keeps it under its versions dir), else the system python3.
+PYTHON ?= $(firstword $(wildcard /root/.pyenv/versions/3.12*/bin/python3.12) $(shell command -v python3.12 2>/dev/null) python3)
+DEBIAN_PACKAGES := slurmctld slurmd slurm-client slurmdbd munge mariadb-server mariadb-client iproute2 util-linux procps shellcheck nodejs npm
+export SAM_CLI_TELEMETRY := 0
+
+.PHONY: help setup system-packages test unit lint demo bench lab-up lab-down clean
+
+help:
+	@echo "make demo   pair two local Slurm clusters through the real workflow (root, Linux)"
+	@echo "make test   every test: unit, node scripts, workflow in moto, real Slurm lab, linters"
+
+setup: system-packages $(VENV)/.installed node_modules/.installed
+
+system-packages:
+	@missing=$$(for p in $(DEBIAN_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:" $$missing; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+
+$(VENV)/.installed: requirements-dev.txt functions/shared/requirements.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements-dev.txt
+	touch $@
+
+node_modules/.installed: package.json package-lock.json
+	npm ci --silent --no-audit --no-fund
+	touch $@
+
+test: setup lint
+	$(PY) -m pytest
+
+unit: setup
+	$(PY) -m pytest tests/unit tests/node_scripts tests/workflow
+
+lint: setup
+	$(VENV)/bin/sam validate --lint
+	for f in statemachine/*.asl.json; do node_modules/.bin/asl-validator --json-path "$$f" || exit 1; done
+	shellcheck functions/shared/slurm_multicluster/node_scripts/*.sh
+
+demo: setup
+	$(PY) -m lab.demo $(DEMO_ARGS)
+
+bench: setup
+	$(PY) bench/pairing.py
+
+clean:
+	rm -rf $(VENV) node_modules .aws-sam .pytest_cache

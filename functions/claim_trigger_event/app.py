@@ -1,0 +1,45 @@
+"""ClaimTriggerEvent: make a twice-delivered EventBridge event pair only once (Powertools Idempotency)."""
+
+import os
+
+from aws_lambda_powertools import Logger, Tracer
+from aws_lambda_powertools.utilities.idempotency import (
+    DynamoDBPersistenceLayer,
+    IdempotencyConfig,
+    idempotent_function,
+)
+from aws_lambda_powertools.utilities.idempotency.exceptions import IdempotencyAlreadyInProgressError
+from aws_lambda_powertools.utilities.parser import event_parser
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from slurm_multicluster.state import PairingState
+
+logger = Logger()
+tracer = Tracer()
+persistence = DynamoDBPersistenceLayer(table_name=os.environ["IDEMPOTENCY_TABLE"])
+# EventBridge redelivers within hours at most; a day covers it.
+config = IdempotencyConfig(event_key_jmespath="eventId", expires_after_seconds=24 * 3600)
+
+
+@idempotent_function(data_keyword_argument="claim", persistence_store=persistence, config=config)
+def claim_event(claim: dict) -> dict:
+    """The first execution to claim an event id owns it; later claims get the first owner's name back."""
+    return {"owner": claim["executionName"]}
+
+
+@logger.inject_lambda_context
+@tracer.capture_lambda_handler
+@event_parser(model=PairingState)
+def lambda_handler(state: PairingState, context: LambdaContext) -> dict:
+    request = state.request
+    if not request.event_id:
+        return {"duplicate": False, "owner": request.execution_name}
+    config.register_lambda_context(context)
+    try:
+        owner = claim_event(claim={"eventId": request.event_id, "executionName": request.execution_name})["owner"]
+    except IdempotencyAlreadyInProgressError:
+        owner = "another execution (in progress)"
+    duplicate = owner != request.execution_name
+    if duplicate:
+        logger.info("duplicate delivery: another execution owns this event", extra={"event_id": request.event_id, "owner": owner})
+    return {"duplicate": duplicate, "owner": owner}

@@ -1,0 +1,152 @@
+"""Find a ParallelCluster cluster's head node, compute nodes and federation peers from AWS APIs."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from aws_lambda_powertools import Logger
+from botocore.exceptions import ClientError
+
+from slurm_multicluster import validation as v
+from slurm_multicluster.errors import InvalidInput, PrerequisiteFailed
+from slurm_multicluster.models import HeadNode, Member
+from slurm_multicluster.settings import Settings
+
+logger = Logger(child=True)
+
+CLUSTER_NAME_TAG = "parallelcluster:cluster-name"
+NODE_TYPE_TAG = "parallelcluster:node-type"
+VERSION_TAG = "parallelcluster:version"
+
+ClientFactory = Callable[[str, str], Any]  # (service, region) -> boto3 client
+
+
+def tags_of(stack: dict[str, Any]) -> dict[str, str]:
+    return {tag["Key"]: tag["Value"] for tag in stack.get("Tags", [])}
+
+
+def describe_stack(cloudformation: Any, stack: str) -> dict[str, Any] | None:
+    """The stack's description, or None when it does not exist."""
+    try:
+        return cloudformation.describe_stacks(StackName=stack)["Stacks"][0]
+    except ClientError as error:
+        if "does not exist" in error.response["Error"].get("Message", ""):
+            return None
+        raise
+
+
+def membership(stack: dict[str, Any], config: Settings) -> tuple[str | None, str]:
+    """(federation name, reason) for a stack: the federation when it is a top-level ParallelCluster stack
+    carrying the federation tag, else None and why it is not a member."""
+    tags = tags_of(stack)
+    if stack.get("ParentId") or stack.get("RootId"):
+        return None, "nested stack (ParallelCluster queue or login node stack), not a cluster"
+    if VERSION_TAG not in tags:
+        return None, "not a ParallelCluster stack (no parallelcluster:version tag)"
+    federation = tags.get(config.federation_tag_key)
+    if federation is None:
+        return None, f"no {config.federation_tag_key} tag: the cluster has not opted in"
+    v.require(v.FEDERATION_NAME, federation, f"{config.federation_tag_key} tag value")
+    return federation, "tagged member"
+
+
+def _instances(ec2: Any, filters: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    paginator = ec2.get_paginator("describe_instances")
+    return [
+        instance
+        for page in paginator.paginate(Filters=filters)
+        for reservation in page["Reservations"]
+        for instance in reservation["Instances"]
+    ]
+
+
+def _cluster_filters(cluster_name: str, node_type: str) -> list[dict[str, Any]]:
+    return [
+        {"Name": f"tag:{CLUSTER_NAME_TAG}", "Values": [cluster_name]},
+        {"Name": f"tag:{NODE_TYPE_TAG}", "Values": [node_type]},
+        {"Name": "instance-state-name", "Values": ["running"]},
+    ]
+
+
+def head_node(ec2: Any, iam: Any, cloudformation: Any, cluster_name: str) -> HeadNode:
+    """The running head node of a cluster, with its security groups and IAM role."""
+    found = _instances(ec2, _cluster_filters(cluster_name, "HeadNode"))
+    if len(found) != 1:
+        raise PrerequisiteFailed(
+            f"cluster {cluster_name}: expected one running head node tagged {NODE_TYPE_TAG}=HeadNode, found {len(found)}"
+        )
+    instance = found[0]
+    group_ids = [group["GroupId"] for group in instance.get("SecurityGroups", [])]
+    head_group = _stack_resource_id(cloudformation, cluster_name, "HeadNodeSecurityGroup")
+    if head_group in group_ids:  # ParallelCluster's own group first: our rules go on it
+        group_ids.remove(head_group)
+        group_ids.insert(0, head_group)
+    return HeadNode(
+        instance_id=v.require(v.INSTANCE_ID, instance["InstanceId"], "instance id"),
+        private_ip=v.ipv4(instance["PrivateIpAddress"]),
+        security_group_ids=[v.require(v.SECURITY_GROUP_ID, g, "security group id") for g in group_ids],
+        vpc_id=instance["VpcId"],
+        role_arn=_instance_role_arn(iam, instance),
+    )
+
+
+def _stack_resource_id(cloudformation: Any, stack: str, logical_id: str) -> str | None:
+    try:
+        resource = cloudformation.describe_stack_resource(StackName=stack, LogicalResourceId=logical_id)
+    except ClientError:
+        return None
+    return resource["StackResourceDetail"].get("PhysicalResourceId")
+
+
+def _instance_role_arn(iam: Any, instance: dict[str, Any]) -> str | None:
+    profile_arn = instance.get("IamInstanceProfile", {}).get("Arn")
+    if not profile_arn:
+        return None
+    profile_name = profile_arn.rsplit("/", 1)[-1]
+    roles = iam.get_instance_profile(InstanceProfileName=profile_name)["InstanceProfile"]["Roles"]
+    return roles[0]["Arn"] if roles else None
+
+
+def node_instance_ids(ec2: Any, cluster_name: str, node_type: str) -> list[str]:
+    """Running instances of one ParallelCluster node type (Compute, LoginNode) of a cluster."""
+    return sorted(i["InstanceId"] for i in _instances(ec2, _cluster_filters(cluster_name, node_type)))
+
+
+def member(clients: ClientFactory, stack: dict[str, Any], region: str, federation: str, config: Settings) -> Member:
+    """Describe one member cluster from its stack."""
+    name = v.require(v.CLUSTER_NAME, stack["StackName"], "cluster name")
+    ec2 = clients("ec2", region)
+    tags = tags_of(stack)
+    return Member(
+        cluster_name=name,
+        stack_id=stack["StackId"],
+        region=region,
+        federation=federation,
+        is_accounting=tags.get(config.role_tag_key) == config.accounting_role,
+        head_node=head_node(ec2, clients("iam", region), clients("cloudformation", region), name),
+        compute_instance_ids=node_instance_ids(ec2, name, "Compute"),
+        login_instance_ids=node_instance_ids(ec2, name, "LoginNode"),
+    )
+
+
+LIVE_STATUSES = {"CREATE_COMPLETE", "UPDATE_COMPLETE", "UPDATE_ROLLBACK_COMPLETE", "UPDATE_IN_PROGRESS",
+                 "UPDATE_COMPLETE_CLEANUP_IN_PROGRESS"}
+
+
+def federation_stacks(clients: ClientFactory, regions: list[str], federation: str, config: Settings) -> list[tuple[str, dict[str, Any]]]:
+    """(region, stack) of every live top-level ParallelCluster stack tagged into ``federation``."""
+    found = []
+    for region in regions:
+        paginator = clients("cloudformation", region).get_paginator("describe_stacks")
+        for page in paginator.paginate():
+            for stack in page["Stacks"]:
+                if stack["StackStatus"] not in LIVE_STATUSES:
+                    continue
+                try:
+                    name, _ = membership(stack, config)
+                except InvalidInput:
+                    logger.warning("ignoring stack with an invalid federation tag", extra={"stack": stack["StackName"]})
+                    continue
+                if name == federation:
+                    found.append((region, stack))
+    return found

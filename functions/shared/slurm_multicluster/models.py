@@ -1,0 +1,142 @@
+"""The pairing workflow's state, as typed models. Step Functions passes them between steps as camelCase JSON."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic.alias_generators import to_camel
+
+from slurm_multicluster import validation as v
+
+
+class StateModel(BaseModel):
+    """Base for everything that travels through Step Functions state: camelCase on the wire."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
+
+    def state(self) -> dict:
+        """The JSON-ready form that a Lambda returns to Step Functions."""
+        return self.model_dump(mode="json", by_alias=True)
+
+
+class PairingRequest(StateModel):
+    """A validated request to pair one cluster (from an EventBridge event or a manual invocation)."""
+
+    action: Literal["pair", "ignore"]
+    reason: str = ""
+    stack_name: str
+    stack_id: str | None = None
+    region: str
+    dry_run: bool = False
+    trigger: str
+    event_id: str | None = None
+    execution_name: str
+
+    @field_validator("stack_name")
+    @classmethod
+    def _stack_name(cls, value: str) -> str:
+        return v.require(v.CLUSTER_NAME, value, "stack name")
+
+    @field_validator("region")
+    @classmethod
+    def _region(cls, value: str) -> str:
+        return v.require(v.REGION, value, "region")
+
+    @field_validator("execution_name")
+    @classmethod
+    def _execution_name(cls, value: str) -> str:
+        return v.require(v.BACKUP_ID, value, "execution name")
+
+
+class HeadNode(StateModel):
+    """A cluster's head node as EC2 sees it."""
+
+    instance_id: str
+    private_ip: str
+    security_group_ids: list[str]
+    vpc_id: str
+    role_arn: str | None = None
+
+
+class SlurmSettings(StateModel):
+    """The live Slurm facts a head node reports (discover-slurm.sh); never key material, only its fingerprint."""
+
+    cluster_name: str
+    slurmctld_host: str | None = None
+    slurmctld_port: str
+    accounting_storage_type: str | None = None
+    accounting_storage_host: str | None = None
+    accounting_storage_port: int | None = None
+    accounting_file: str | None = None
+    dbd_port: int | None = None
+    slurmdbd_unit: bool = False
+    slurmdbd_active: bool = False
+    slurmctld_active: bool = True
+    slurm_version: str
+    slurmdbd_version: str | None = None
+    munge_version: str | None = None
+    munge_key_sha256: str
+
+    @field_validator("cluster_name")
+    @classmethod
+    def _cluster_name(cls, value: str) -> str:
+        return v.require(v.SLURM_CLUSTER_NAME, value, "Slurm ClusterName")
+
+    @field_validator("slurmctld_port")
+    @classmethod
+    def _ports(cls, value: str) -> str:
+        v.port_range(value, "SlurmctldPort")
+        return value
+
+    @field_validator("munge_key_sha256")
+    @classmethod
+    def _sha(cls, value: str) -> str:
+        return v.require(v.SHA256, value, "munge key fingerprint")
+
+
+class Member(StateModel):
+    """One ParallelCluster cluster of a federation."""
+
+    cluster_name: str = Field(description="ParallelCluster cluster name (= CloudFormation stack name)")
+    stack_id: str
+    region: str
+    federation: str
+    is_accounting: bool
+    head_node: HeadNode
+    compute_instance_ids: list[str] = Field(default_factory=list)
+    login_instance_ids: list[str] = Field(default_factory=list)
+    slurm: SlurmSettings | None = None
+
+
+class IngressRule(StateModel):
+    """One least-privilege inbound rule between two members' head nodes."""
+
+    region: str
+    group_id: str
+    from_port: int
+    to_port: int
+    source_group_id: str | None = None
+    source_cidr: str | None = None
+    source_cluster: str
+    target_cluster: str
+    purpose: Literal["slurmdbd", "slurmctld"]
+    description: str
+
+    def same_permission(self, other: IngressRule) -> bool:
+        """True when both open the same ports on the same group to the same source."""
+        return (self.group_id, self.from_port, self.to_port, self.source_group_id, self.source_cidr) == (
+            other.group_id,
+            other.from_port,
+            other.to_port,
+            other.source_group_id,
+            other.source_cidr,
+        )
+
+
+class AddedRule(StateModel):
+    """A rule this execution created (so a rollback revokes exactly these)."""
+
+    region: str
+    group_id: str
+    rule_id: str

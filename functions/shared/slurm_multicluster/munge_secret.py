@@ -1,0 +1,70 @@
+"""The federation's munge key secret: ParallelCluster's MungeKeySecretArn format (base64 SecretString).
+
+Lambdas only create the (empty) secret and manage who may read it; key bytes are written and read by the
+node scripts with the head nodes' own roles, so they never pass through Lambda, Step Functions or SSM.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from aws_lambda_powertools import Logger
+from botocore.exceptions import ClientError
+
+from slurm_multicluster.models import Member
+
+logger = Logger(child=True)
+
+
+def ensure_secret(secretsmanager: Any, name: str, federation: str, tag_key: str) -> tuple[str, bool]:
+    """(ARN, has an AWSCURRENT value) of the federation secret, creating it empty when missing."""
+    try:
+        described = secretsmanager.describe_secret(SecretId=name)
+    except ClientError as error:
+        if error.response["Error"]["Code"] != "ResourceNotFoundException":
+            raise
+        created = secretsmanager.create_secret(
+            Name=name,
+            Description=f"Munge key shared by the Slurm federation {federation} (base64, ParallelCluster MungeKeySecretArn format)",
+            Tags=[{"Key": tag_key, "Value": federation}],
+        )
+        logger.info("created federation secret", extra={"secret": name})
+        return created["ARN"], False
+    stages = described.get("VersionIdsToStages", {})
+    return described["ARN"], any("AWSCURRENT" in labels for labels in stages.values())
+
+
+def access_policy(secret_arn: str, members: list[Member]) -> dict[str, Any]:
+    """Resource policy: the accounting head node role may write the key; every member head node role may read it."""
+    writers = sorted({m.head_node.role_arn for m in members if m.is_accounting and m.head_node.role_arn})
+    readers = sorted({m.head_node.role_arn for m in members if m.head_node.role_arn})
+    statements = []
+    if readers:
+        statements.append(
+            {
+                "Sid": "MemberHeadNodesReadMungeKey",
+                "Effect": "Allow",
+                "Principal": {"AWS": readers},
+                "Action": ["secretsmanager:GetSecretValue", "secretsmanager:DescribeSecret"],
+                "Resource": secret_arn,
+            }
+        )
+    if writers:
+        statements.append(
+            {
+                "Sid": "AccountingHeadNodeWritesMungeKey",
+                "Effect": "Allow",
+                "Principal": {"AWS": writers},
+                "Action": ["secretsmanager:PutSecretValue"],
+                "Resource": secret_arn,
+            }
+        )
+    return {"Version": "2012-10-17", "Statement": statements}
+
+
+def grant_members(secretsmanager: Any, secret_arn: str, members: list[Member]) -> None:
+    """Set the resource policy for the current member list (idempotent: the policy is computed, not appended)."""
+    policy = access_policy(secret_arn, members)
+    if policy["Statement"]:
+        secretsmanager.put_resource_policy(SecretId=secret_arn, ResourcePolicy=json.dumps(policy))

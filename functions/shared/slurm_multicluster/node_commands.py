@@ -1,0 +1,148 @@
+"""Run the node scripts on cluster nodes through SSM Run Command and read their JSON result.
+
+The command text is plain and readable in the SSM console: it writes ``common.sh`` and the script into a
+private temp dir and runs the script with shell-quoted, pre-validated arguments. No secret ever goes into it.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+from aws_lambda_powertools import Logger
+from botocore.exceptions import ClientError, WaiterError
+
+from slurm_multicluster.errors import NodeCommandFailed, NodeUnreachable
+
+logger = Logger(child=True)
+
+SCRIPT_DELIMITER = "SLURM_MULTICLUSTER_SCRIPT"
+SSM_POLICY_HINT = (
+    "add the AWS managed policy AmazonSSMManagedInstanceCore to the cluster's "
+    "HeadNode/Iam/AdditionalIamPolicies (and SlurmQueues/Iam for compute nodes), update the cluster, "
+    "and check the instance shows as Online in Systems Manager Fleet Manager"
+)
+
+
+def script_text(name: str) -> str:
+    """The verbatim text of a node script shipped in this package."""
+    return resources.files("slurm_multicluster").joinpath("node_scripts", name).read_text()
+
+
+def build_command(script: str, args: list[str]) -> str:
+    """The AWS-RunShellScript text that runs ``script`` with ``args`` (already validated) on a node."""
+    for name in ("common.sh", script):
+        if SCRIPT_DELIMITER in script_text(name):
+            raise ValueError(f"{name} contains the heredoc delimiter")
+    quoted = " ".join(shlex.quote(arg) for arg in args)
+    return "\n".join(
+        [
+            "set -eu",
+            'd=$(mktemp -d)',
+            "trap 'rm -rf \"$d\"' EXIT",
+            f"cat > \"$d/common.sh\" <<'{SCRIPT_DELIMITER}'",
+            script_text("common.sh").rstrip("\n"),
+            SCRIPT_DELIMITER,
+            f"cat > \"$d/{script}\" <<'{SCRIPT_DELIMITER}'",
+            script_text(script).rstrip("\n"),
+            SCRIPT_DELIMITER,
+            f'bash "$d/{script}" {quoted}',
+        ]
+    )
+
+
+@dataclass(frozen=True)
+class NodeResult:
+    """What one node's script reported."""
+
+    instance_id: str
+    status: str
+    exit_code: int
+    result: dict[str, Any]
+    stderr_tail: str
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "Success" and self.result.get("ok") is True
+
+
+def parse_result(stdout: str) -> dict[str, Any]:
+    """The JSON object on the last non-empty stdout line, or an explanatory stand-in when there is none."""
+    lines = [line for line in stdout.splitlines() if line.strip()]
+    if not lines:
+        return {"ok": False, "error": "the script printed no result"}
+    try:
+        result = json.loads(lines[-1])
+    except json.JSONDecodeError:
+        return {"ok": False, "error": "the script's last line is not JSON"}
+    return result if isinstance(result, dict) else {"ok": False, "error": "the script's result is not an object"}
+
+
+def run_script(
+    ssm: Any,
+    instance_ids: list[str],
+    script: str,
+    args: list[str],
+    *,
+    timeout_seconds: int,
+    comment: str,
+) -> dict[str, NodeResult]:
+    """Run a node script on each instance (one SSM command), wait for every invocation, return results."""
+    if not instance_ids:
+        return {}
+    try:
+        command = ssm.send_command(
+            InstanceIds=instance_ids,
+            DocumentName="AWS-RunShellScript",
+            Comment=comment[:100],
+            TimeoutSeconds=60,
+            Parameters={"commands": [build_command(script, args)], "executionTimeout": [str(timeout_seconds)]},
+        )["Command"]
+    except ClientError as error:
+        if error.response["Error"]["Code"] in ("InvalidInstanceId", "InvalidInstanceInformationFilterValue"):
+            raise NodeUnreachable(
+                f"SSM cannot reach {', '.join(instance_ids)} to run {script}: {SSM_POLICY_HINT}"
+            ) from error
+        raise
+    command_id = command["CommandId"]
+    logger.info("sent node script", extra={"script": script, "command_id": command_id, "instances": instance_ids})
+    waiter = ssm.get_waiter("command_executed")
+    results = {}
+    for instance_id in instance_ids:
+        try:
+            waiter.wait(
+                CommandId=command_id,
+                InstanceId=instance_id,
+                WaiterConfig={"Delay": 1, "MaxAttempts": timeout_seconds + 60},
+            )
+        except WaiterError:
+            pass  # a failed script ends the waiter too; its output says why
+        invocation = ssm.get_command_invocation(CommandId=command_id, InstanceId=instance_id)
+        result = NodeResult(
+            instance_id=instance_id,
+            status=invocation["Status"],
+            exit_code=invocation.get("ResponseCode", -1),
+            result=parse_result(invocation.get("StandardOutputContent", "")),
+            stderr_tail=invocation.get("StandardErrorContent", "")[-2000:],
+        )
+        logger.info(
+            "node script finished",
+            extra={"script": script, "instance": instance_id, "status": result.status, "result": result.result},
+        )
+        results[instance_id] = result
+    return results
+
+
+def run_script_checked(ssm: Any, instance_ids: list[str], script: str, args: list[str], **kwargs: Any) -> dict[str, NodeResult]:
+    """Like run_script, but raise NodeCommandFailed naming every node whose script did not report ok."""
+    results = run_script(ssm, instance_ids, script, args, **kwargs)
+    failed = [r for r in results.values() if not r.ok]
+    if failed:
+        details = "; ".join(
+            f"{r.instance_id}: {r.result.get('error') or r.status} (exit {r.exit_code})" for r in failed
+        )
+        raise NodeCommandFailed(f"{script} failed on {details}")
+    return results

@@ -1,0 +1,341 @@
+"""The pairing steps as plain functions: the Lambda handlers are thin adapters over these."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from aws_lambda_powertools import Logger
+
+from slurm_multicluster import discovery, ingress, munge_secret, node_commands
+from slurm_multicluster import validation as v
+from slurm_multicluster.errors import PrerequisiteFailed, VerificationFailed
+from slurm_multicluster.models import AddedRule, IngressRule, Member, PairingRequest, SlurmSettings, StateModel
+from slurm_multicluster.settings import Settings
+
+logger = Logger(child=True)
+
+ClientFactory = Callable[[str, str], Any]
+
+
+class Discovery(StateModel):
+    """Who the cluster is and who its federation peers are (AWS side only)."""
+
+    member: bool
+    reason: str
+    federation: str | None = None
+    cluster_name: str
+    members: list[Member] = []
+
+
+class KeyPlan(StateModel):
+    secret_name: str
+    create_secret_value_from: str | None = None  # accounting cluster uploading its key when the secret is empty
+    expected_sha256: str
+    install_on_head: bool
+    install_on_instances: list[str] = []
+
+
+class AccountingPlan(StateModel):
+    file: str | None
+    current_host: str | None
+    current_port: int | None
+    host: str
+    port: int
+    change: bool
+    stop_local_slurmdbd: bool
+
+
+class Plan(StateModel):
+    """Exactly what a pairing will change; a dryRun returns this and stops."""
+
+    federation: str
+    cluster_name: str
+    slurm_cluster_name: str
+    accounting_cluster: str
+    peers: list[str]
+    ingress_rules: list[IngressRule]
+    munge_key: KeyPlan
+    accounting: AccountingPlan | None
+    restarts: list[str]
+    already_paired: bool
+
+
+def discover(clients: ClientFactory, request: PairingRequest, config: Settings) -> Discovery:
+    """Find the stack, decide membership, and describe every member of its federation."""
+    stack = discovery.describe_stack(clients("cloudformation", request.region), request.stack_id or request.stack_name)
+    if stack is None:
+        return Discovery(member=False, reason="stack not found", cluster_name=request.stack_name)
+    federation, reason = discovery.membership(stack, config)
+    if federation is None:
+        logger.info("not a federation member", extra={"stack": request.stack_name, "reason": reason})
+        return Discovery(member=False, reason=reason, cluster_name=request.stack_name)
+    stacks = discovery.federation_stacks(clients, config.regions_to_search(request.region), federation, config)
+    if not any(s["StackId"] == stack["StackId"] for _, s in stacks):
+        stacks.append((request.region, stack))
+    members = [discovery.member(clients, s, region, federation, config) for region, s in stacks]
+    return Discovery(member=True, reason=reason, federation=federation, cluster_name=request.stack_name, members=members)
+
+
+def read_slurm_settings(clients: ClientFactory, member: Member, config: Settings) -> Member:
+    """Ask the member's head node for its live Slurm settings (read-only)."""
+    results = node_commands.run_script_checked(
+        clients("ssm", member.region),
+        [member.head_node.instance_id],
+        "discover-slurm.sh",
+        [],
+        timeout_seconds=120,
+        comment=f"slurm-multicluster: read Slurm settings of {member.cluster_name}",
+    )
+    facts = results[member.head_node.instance_id].result
+    return member.model_copy(update={"slurm": SlurmSettings.model_validate(facts)})
+
+
+def _split(request: PairingRequest, members: list[Member]) -> tuple[Member, Member, list[Member]]:
+    new = next(m for m in members if m.cluster_name == request.stack_name)
+    accounting = [m for m in members if m.is_accounting]
+    if len(accounting) != 1:
+        names = ", ".join(m.cluster_name for m in accounting) or "none"
+        raise PrerequisiteFailed(
+            f"federation {new.federation} must have exactly one cluster tagged as accounting, found: {names}"
+        )
+    peers = [m for m in members if m.cluster_name != new.cluster_name]
+    return new, accounting[0], peers
+
+
+def _version(text: str | None) -> tuple[int, ...]:
+    parts = (text or "0").split(".")
+    return tuple(int(p) for p in parts if p.isdigit())
+
+
+def check_prerequisites(request: PairingRequest, members: list[Member]) -> list[str]:
+    """Every check that must pass before anything changes; raises PrerequisiteFailed with all problems."""
+    new, accounting, peers = _split(request, members)
+    problems = []
+    passed = [f"exactly one accounting cluster: {accounting.cluster_name}"]
+    assert accounting.slurm and new.slurm
+    if not accounting.slurm.dbd_port or not accounting.slurm.slurmdbd_active:
+        problems.append(
+            f"accounting cluster {accounting.cluster_name} runs no active slurmdbd: create it with "
+            "Scheduling/SlurmSettings/Database so its head node runs slurmdbd"
+        )
+    dbd_version = _version(accounting.slurm.slurmdbd_version or accounting.slurm.slurm_version)
+    for member in members:
+        assert member.slurm
+        if _version(member.slurm.slurm_version) > dbd_version:
+            problems.append(
+                f"{member.cluster_name} runs Slurm {member.slurm.slurm_version}, newer than the federation's slurmdbd "
+                f"{accounting.slurm.slurmdbd_version}: slurmdbd must be at least as new as every slurmctld"
+            )
+    passed.append("slurmdbd is at least as new as every slurmctld")
+    for peer in peers:
+        assert peer.slurm
+        if peer.slurm.cluster_name == new.slurm.cluster_name:
+            problems.append(
+                f"ClusterName {new.slurm.cluster_name} is already used by federation member {peer.cluster_name}"
+            )
+    passed.append(f"ClusterName {new.slurm.cluster_name} is unique in the federation")
+    if len(new.slurm.cluster_name) > 40:
+        problems.append(f"ClusterName {new.slurm.cluster_name} is longer than 40 characters (Slurm accounting limit)")
+    if problems:
+        raise PrerequisiteFailed("; ".join(problems))
+    return passed
+
+
+def plan(clients: ClientFactory, request: PairingRequest, members: list[Member], config: Settings) -> Plan:
+    """Compute the exact changes; reads current rules and the secret's state but changes nothing."""
+    new, accounting, peers = _split(request, members)
+    assert new.slurm and accounting.slurm
+    rules = ingress.missing_rules(lambda region: clients("ec2", region), ingress.plan_rules(new, members))
+    secret_name = config.munge_key_secret_name(new.federation)
+    expected = accounting.slurm.munge_key_sha256
+    install = new.slurm.munge_key_sha256 != expected
+    restarts = []
+    if install:
+        restarts.append(f"{new.cluster_name} head node: munge, slurmctld")
+        if new.compute_instance_ids or new.login_instance_ids:
+            restarts.append(f"{new.cluster_name} compute and login nodes: munge, slurmd")
+    accounting_plan = None
+    if not new.is_accounting:
+        host, port = accounting.head_node.private_ip, accounting.slurm.dbd_port or 6819
+        change = (
+            new.slurm.accounting_storage_type != "accounting_storage/slurmdbd"
+            or new.slurm.accounting_storage_host != host
+            or new.slurm.accounting_storage_port != port
+        )
+        stop_dbd = config.stop_member_slurmdbd and new.slurm.slurmdbd_active
+        accounting_plan = AccountingPlan(
+            file=new.slurm.accounting_file,
+            current_host=new.slurm.accounting_storage_host,
+            current_port=new.slurm.accounting_storage_port,
+            host=host,
+            port=port,
+            change=change,
+            stop_local_slurmdbd=stop_dbd,
+        )
+        if change:
+            restarts.append(f"{new.cluster_name} head node: slurmctld")
+        if stop_dbd:
+            restarts.append(f"{new.cluster_name} head node: stop and disable its own slurmdbd")
+    return Plan(
+        federation=new.federation,
+        cluster_name=new.cluster_name,
+        slurm_cluster_name=new.slurm.cluster_name,
+        accounting_cluster=accounting.cluster_name,
+        peers=[p.cluster_name for p in peers],
+        ingress_rules=rules,
+        munge_key=KeyPlan(
+            secret_name=secret_name,
+            expected_sha256=expected,
+            install_on_head=install,
+            install_on_instances=new.compute_instance_ids + new.login_instance_ids if install else [],
+        ),
+        accounting=accounting_plan,
+        restarts=restarts,
+        already_paired=not rules and not install and not (accounting_plan and (accounting_plan.change or accounting_plan.stop_local_slurmdbd)),
+    )
+
+
+def authorize_ingress(clients: ClientFactory, the_plan: Plan, execution: str) -> list[AddedRule]:
+    """Add the planned rules (again checking they are missing, so a re-run adds nothing)."""
+    return ingress.authorize(lambda region: clients("ec2", region), the_plan.ingress_rules, the_plan.federation, execution)
+
+
+def _member(members: list[Member], name: str) -> Member:
+    return next(m for m in members if m.cluster_name == name)
+
+
+def sync_munge_key(clients: ClientFactory, the_plan: Plan, members: list[Member], execution: str, config: Settings) -> dict[str, Any]:
+    """Make sure the federation secret holds the accounting cluster's key and the new member runs it."""
+    new = _member(members, the_plan.cluster_name)
+    accounting = _member(members, the_plan.accounting_cluster)
+    secrets = clients("secretsmanager", accounting.region)
+    arn, has_value = munge_secret.ensure_secret(secrets, the_plan.munge_key.secret_name, the_plan.federation, config.federation_tag_key)
+    munge_secret.grant_members(secrets, arn, members)
+    outcome: dict[str, Any] = {"secretArn": arn, "uploaded": False, "installedOn": []}
+    if not has_value:
+        results = node_commands.run_script_checked(
+            clients("ssm", accounting.region),
+            [accounting.head_node.instance_id],
+            "upload-munge-key.sh",
+            ["--secret-id", arn, "--region", accounting.region],
+            timeout_seconds=120,
+            comment=f"slurm-multicluster: store {accounting.cluster_name}'s munge key as the federation key",
+        )
+        uploaded = results[accounting.head_node.instance_id].result
+        if uploaded.get("sha256") != the_plan.munge_key.expected_sha256:
+            raise PrerequisiteFailed("the uploaded federation key does not match the accounting cluster's live key")
+        outcome["uploaded"] = True
+    if not the_plan.munge_key.install_on_head:
+        return outcome
+    ssm = clients("ssm", new.region)
+    common = ["--secret-id", arn, "--region", accounting.region, "--expect-sha256", the_plan.munge_key.expected_sha256,
+              "--backup-id", execution]
+    node_commands.run_script_checked(
+        ssm, [new.head_node.instance_id], "install-munge-key.sh", [*common, "--shared-dirs", "--restart", "slurmctld"],
+        timeout_seconds=config.node_command_timeout_seconds,
+        comment=f"slurm-multicluster: install the federation munge key on {new.cluster_name} head node",
+    )
+    outcome["installedOn"].append(new.head_node.instance_id)
+    if the_plan.munge_key.install_on_instances:
+        node_commands.run_script_checked(
+            ssm, the_plan.munge_key.install_on_instances, "install-munge-key.sh",
+            ["--from-shared-dir", "--expect-sha256", the_plan.munge_key.expected_sha256, "--backup-id", execution,
+             "--restart", "slurmd"],
+            timeout_seconds=config.node_command_timeout_seconds,
+            comment=f"slurm-multicluster: install the federation munge key on {new.cluster_name} compute nodes",
+        )
+        outcome["installedOn"] += the_plan.munge_key.install_on_instances
+    return outcome
+
+
+def point_accounting(clients: ClientFactory, the_plan: Plan, members: list[Member], execution: str, config: Settings) -> dict[str, Any]:
+    """Point the new member's slurmctld at the federation's slurmdbd."""
+    if the_plan.accounting is None:
+        return {"changed": False, "reason": "the cluster is the accounting cluster"}
+    new = _member(members, the_plan.cluster_name)
+    args = ["--host", v.ipv4(the_plan.accounting.host), "--port", str(the_plan.accounting.port), "--backup-id", execution]
+    if the_plan.accounting.stop_local_slurmdbd:
+        args.append("--stop-local-slurmdbd")
+    results = node_commands.run_script_checked(
+        clients("ssm", new.region), [new.head_node.instance_id], "set-accounting.sh", args,
+        timeout_seconds=config.node_command_timeout_seconds,
+        comment=f"slurm-multicluster: point {new.cluster_name} at the federation slurmdbd",
+    )
+    return results[new.head_node.instance_id].result
+
+
+def verify(clients: ClientFactory, the_plan: Plan, members: list[Member], config: Settings) -> dict[str, Any]:
+    """Prove the pairing works: accounting lists both, submissions work both ways, munge keys agree, nodes up."""
+    new = _member(members, the_plan.cluster_name)
+    accounting = _member(members, the_plan.accounting_cluster)
+    peer_names = [m.slurm.cluster_name for m in members if m.cluster_name != new.cluster_name and m.slurm]
+    deadline = str(config.verify_deadline_seconds)
+    checks: dict[str, Any] = {}
+    if peer_names:
+        checks[new.cluster_name] = _verify_on(clients, new, peer_names, deadline)
+    if accounting.cluster_name != new.cluster_name:
+        assert new.slurm
+        checks[accounting.cluster_name] = _verify_on(clients, accounting, [new.slurm.cluster_name], deadline)
+        checks["munge"] = {
+            f"{new.cluster_name}->{accounting.cluster_name}": _munge_round_trip(clients, new, accounting),
+            f"{accounting.cluster_name}->{new.cluster_name}": _munge_round_trip(clients, accounting, new),
+        }
+    return checks
+
+
+def _verify_on(clients: ClientFactory, member: Member, peers: list[str], deadline: str) -> dict[str, Any]:
+    results = node_commands.run_script(
+        clients("ssm", member.region), [member.head_node.instance_id], "verify-member.sh",
+        ["--peers", ",".join(peers), "--deadline", deadline],
+        timeout_seconds=int(deadline) + 60,
+        comment=f"slurm-multicluster: verify {member.cluster_name} reaches {', '.join(peers)}",
+    )
+    result = results[member.head_node.instance_id]
+    if not result.ok:
+        raise VerificationFailed(f"on {member.cluster_name}: {result.result.get('error') or result.status}")
+    return result.result
+
+
+def _munge_round_trip(clients: ClientFactory, source: Member, target: Member) -> bool:
+    encoded = node_commands.run_script_checked(
+        clients("ssm", source.region), [source.head_node.instance_id], "munge-credential.sh", ["encode"],
+        timeout_seconds=60, comment=f"slurm-multicluster: munge credential from {source.cluster_name}",
+    )[source.head_node.instance_id].result
+    credential = v.require(v.MUNGE_CREDENTIAL, encoded.get("credential"), "munge credential")
+    decoded = node_commands.run_script(
+        clients("ssm", target.region), [target.head_node.instance_id], "munge-credential.sh",
+        ["decode", "--credential", credential],
+        timeout_seconds=60, comment=f"slurm-multicluster: decode {source.cluster_name}'s credential on {target.cluster_name}",
+    )[target.head_node.instance_id].result
+    if not decoded.get("decoded"):
+        raise VerificationFailed(
+            f"a munge credential from {source.cluster_name} does not decode on {target.cluster_name}: "
+            f"{decoded.get('status') or decoded.get('error')} (the munge keys differ)"
+        )
+    return True
+
+
+def restore_backups(clients: ClientFactory, request: PairingRequest, members: list[Member], config: Settings) -> dict[str, Any]:
+    """Compensation: restore every file this execution backed up on the new member's nodes, restart daemons."""
+    new = _member(members, request.stack_name)
+    ssm = clients("ssm", new.region)
+    restored: dict[str, Any] = {}
+    # Head node first: compute nodes copy the key from its shared dir.
+    for instance_ids in ([new.head_node.instance_id], new.compute_instance_ids + new.login_instance_ids):
+        results = node_commands.run_script(
+            ssm, instance_ids, "restore-backup.sh", ["--backup-id", request.execution_name],
+            timeout_seconds=config.node_command_timeout_seconds,
+            comment=f"slurm-multicluster: roll back {new.cluster_name} ({request.execution_name})",
+        )
+        restored.update({i: r.result for i, r in results.items()})
+    failed = {i: r for i, r in restored.items() if not r.get("ok")}
+    if failed:
+        raise node_commands.NodeCommandFailed(f"restore-backup.sh failed on {', '.join(failed)}")
+    return restored
+
+
+def revoke_added_ingress(clients: ClientFactory, request: PairingRequest, members: list[Member]) -> list[AddedRule]:
+    """Compensation: revoke every rule this execution created (found by its execution tag)."""
+    regions = sorted({m.region for m in members})
+    ec2_for = lambda region: clients("ec2", region)  # noqa: E731
+    return ingress.revoke(ec2_for, ingress.rules_added_by(ec2_for, regions, request.execution_name))

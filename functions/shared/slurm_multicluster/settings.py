@@ -1,0 +1,44 @@
+"""Deployment settings, read from the Lambda environment that template.yaml sets."""
+
+from __future__ import annotations
+
+import os
+from pydantic import BaseModel, Field
+
+
+class Settings(BaseModel):
+    """What the template parameters configure; every function reads the same names."""
+
+    federation_tag_key: str = "slurm-multicluster:federation"
+    role_tag_key: str = "slurm-multicluster:role"
+    accounting_role: str = "accounting"
+    federation_regions: list[str] = Field(default_factory=list)
+    secret_name_prefix: str = "slurm-multicluster"
+    idempotency_table: str = ""
+    node_command_timeout_seconds: int = 600
+    verify_deadline_seconds: int = 120
+    stop_member_slurmdbd: bool = True
+
+    def regions_to_search(self, home_region: str) -> list[str]:
+        """The regions whose stacks can be federation members (the home region always included)."""
+        regions = [home_region, *self.federation_regions]
+        return list(dict.fromkeys(r for r in regions if r))
+
+    def munge_key_secret_name(self, federation: str) -> str:
+        """The federation's munge key secret, in ParallelCluster's MungeKeySecretArn format."""
+        return f"{self.secret_name_prefix}/{federation}/munge-key"
+
+
+def settings() -> Settings:
+    """Settings from the environment."""
+    env = os.environ
+    return Settings(
+        federation_tag_key=env.get("FEDERATION_TAG_KEY", "slurm-multicluster:federation"),
+        role_tag_key=env.get("ROLE_TAG_KEY", "slurm-multicluster:role"),
+        federation_regions=[r.strip() for r in env.get("FEDERATION_REGIONS", "").split(",") if r.strip()],
+        secret_name_prefix=env.get("SECRET_NAME_PREFIX", "slurm-multicluster"),
+        idempotency_table=env.get("IDEMPOTENCY_TABLE", ""),
+        node_command_timeout_seconds=int(env.get("NODE_COMMAND_TIMEOUT_SECONDS", "600")),
+        verify_deadline_seconds=int(env.get("VERIFY_DEADLINE_SECONDS", "120")),
+        stop_member_slurmdbd=env.get("STOP_MEMBER_SLURMDBD", "true").lower() == "true",
+    )

@@ -1,0 +1,12 @@
+"""The pairing state machine's state as a whole, as each Lambda step receives it."""
+
+from __future__ import annotations
+
+from slurm_multicluster.models import Member, PairingRequest, StateModel
+from slurm_multicluster.pairing import Plan
+
+
+class PairingState(StateModel):
+    request: PairingRequest
+    members: list[Member] = []
+    plan: Plan | None = None

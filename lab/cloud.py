@@ -1,0 +1,374 @@
+"""The AWS side of tests and the demo: moto running the real template.yaml and the real ASL.
+
+Seams patched here, and only here (notes/moto.md), never in functions/:
+- Lambda invoke runs the real handler in-process (``LambdaSimpleBackend.invoke``);
+- SSM Run Command runs the real command text on a node through an executor (``Command.invocation_response``,
+  and the target resolution bug that fans ``InstanceIds`` out to every instance);
+- EventBridge -> state machine routing as the template's rule declares it (moto cannot start a state machine).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import json
+import os
+import sys
+import threading
+import time
+import traceback
+import uuid
+import zipfile
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import boto3
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+ACCOUNT_ID = "123456789012"
+SSM_OUTPUT_LIMIT = 24000  # GetCommandInvocation truncates stdout/stderr here
+MOTO_CONFIG = {"stepfunctions": {"execute_state_machine": True}, "lambda": {"use_docker": False}}
+
+
+# ---------------------------------------------------------------- template.yaml
+class _CfnLoader(yaml.SafeLoader):
+    """YAML loader that understands CloudFormation's short-form intrinsic functions."""
+
+
+def _intrinsic(loader: yaml.Loader, suffix: str, node: yaml.Node) -> dict[str, Any]:
+    name = "Ref" if suffix == "Ref" else f"Fn::{suffix}"
+    if isinstance(node, yaml.ScalarNode):
+        value: Any = loader.construct_scalar(node)
+        if suffix == "GetAtt":
+            value = value.split(".", 1)
+    elif isinstance(node, yaml.SequenceNode):
+        value = loader.construct_sequence(node, deep=True)
+    else:
+        value = loader.construct_mapping(node, deep=True)
+    return {name: value}
+
+
+_CfnLoader.add_multi_constructor("!", lambda loader, suffix, node: _intrinsic(loader, suffix, node))
+
+
+def load_template(path: Path = REPO / "template.yaml") -> dict[str, Any]:
+    """template.yaml as plain data, intrinsic functions in their long form."""
+    return yaml.load(path.read_text(), Loader=_CfnLoader)  # noqa: S506 (SafeLoader subclass)
+
+
+@dataclass
+class Deployment:
+    """What `deploy` created in moto from template.yaml."""
+
+    region: str
+    state_machine_arn: str
+    function_code: dict[str, Path]  # function name -> CodeUri directory
+    rule_patterns: list[dict[str, Any]]
+    parameters: dict[str, str]
+    functions: dict[str, str] = field(default_factory=dict)  # logical id -> function name
+
+
+class _Resolver:
+    def __init__(self, parameters: dict[str, str], refs: dict[str, str], attrs: dict[tuple[str, str], str], region: str):
+        self.parameters, self.refs, self.attrs, self.region = parameters, refs, attrs, region
+
+    def __call__(self, node: Any) -> Any:
+        if isinstance(node, list):
+            return [self(item) for item in node]
+        if not isinstance(node, dict):
+            return node
+        if "Ref" in node:
+            name = node["Ref"]
+            pseudo = {"AWS::Region": self.region, "AWS::AccountId": ACCOUNT_ID, "AWS::Partition": "aws"}
+            if name in pseudo:
+                return pseudo[name]
+            return self.parameters[name] if name in self.parameters else self.refs[name]
+        if "Fn::GetAtt" in node:
+            return self.attrs[tuple(node["Fn::GetAtt"])]
+        if "Fn::Join" in node:
+            separator, items = node["Fn::Join"]
+            items = self(items)
+            return separator.join(items if isinstance(items, list) else items.split(","))
+        if "Fn::Sub" in node:
+            text = node["Fn::Sub"]
+            for key, value in {**self.parameters, "AWS::Region": self.region, "AWS::AccountId": ACCOUNT_ID,
+                               "AWS::Partition": "aws"}.items():
+                text = text.replace("${" + key + "}", str(value))
+            return text
+        return {key: self(value) for key, value in node.items()}
+
+
+def _placeholder_zip() -> bytes:
+    # moto wants a code package; the real code is run in-process from the CodeUri directory.
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("app.py", "")
+    return buffer.getvalue()
+
+
+def deploy(region: str, parameters: dict[str, str] | None = None, stack: str = "slurm-multicluster") -> Deployment:
+    """Create the template's functions, table, rule and state machine in moto, as `sam deploy` would."""
+    template = load_template()
+    params = {name: str(spec.get("Default", "")) for name, spec in template.get("Parameters", {}).items()}
+    params.update(parameters or {})
+    resources = template["Resources"]
+    refs: dict[str, str] = {}
+    attrs: dict[tuple[str, str], str] = {}
+    resolve = _Resolver(params, refs, attrs, region)
+
+    for logical, resource in resources.items():
+        if resource["Type"] == "AWS::DynamoDB::Table":
+            name = f"{stack}-{logical}"
+            props = resource["Properties"]
+            boto3.client("dynamodb", region_name=region).create_table(
+                TableName=name, BillingMode="PAY_PER_REQUEST",
+                AttributeDefinitions=props["AttributeDefinitions"], KeySchema=props["KeySchema"],
+            )
+            refs[logical] = name
+
+    iam = boto3.client("iam", region_name=region)
+    role_arn = iam.create_role(RoleName=f"{stack}-{uuid.uuid4().hex[:8]}", AssumeRolePolicyDocument="{}")["Role"]["Arn"]
+    globals_ = template.get("Globals", {}).get("Function", {})
+    lambda_client = boto3.client("lambda", region_name=region)
+    function_code: dict[str, Path] = {}
+    functions: dict[str, str] = {}
+    for logical, resource in resources.items():
+        if resource["Type"] != "AWS::Serverless::Function":
+            continue
+        props = {**globals_, **resource["Properties"]}
+        env = {**globals_.get("Environment", {}).get("Variables", {}),
+               **resource["Properties"].get("Environment", {}).get("Variables", {})}
+        name = f"{stack}-{logical}"
+        created = lambda_client.create_function(
+            FunctionName=name, Runtime=props["Runtime"], Role=role_arn, Handler=props["Handler"],
+            Code={"ZipFile": _placeholder_zip()}, Timeout=int(props.get("Timeout", 3)),
+            Environment={"Variables": {k: str(resolve(v)) for k, v in env.items()}},
+        )
+        refs[logical] = name
+        attrs[(logical, "Arn")] = created["FunctionArn"]
+        function_code[name] = REPO / props["CodeUri"]
+        functions[logical] = name
+
+    state_machines = [(k, r) for k, r in resources.items() if r["Type"] == "AWS::Serverless::StateMachine"]
+    (logical, machine), = state_machines
+    definition = (REPO / machine["Properties"]["DefinitionUri"]).read_text()
+    for key, value in machine["Properties"]["DefinitionSubstitutions"].items():
+        definition = definition.replace("${" + key + "}", str(resolve(value)))
+    arn = boto3.client("stepfunctions", region_name=region).create_state_machine(
+        name=f"{stack}-{logical}", definition=definition, roleArn=role_arn
+    )["stateMachineArn"]
+    patterns = [event["Properties"]["Pattern"] for event in machine["Properties"].get("Events", {}).values()
+                if event["Type"] == "EventBridgeRule"]
+    events = boto3.client("events", region_name=region)
+    for index, pattern in enumerate(patterns):
+        events.put_rule(Name=f"{stack}-{logical}-{index}", EventPattern=json.dumps(pattern))
+    return Deployment(region, arn, function_code, patterns, params, functions)
+
+
+# ---------------------------------------------------------------- Lambda: real handlers in-process
+@dataclass
+class LambdaContext:
+    """The attributes Powertools reads from a Lambda context."""
+
+    function_name: str
+    invoked_function_arn: str
+    memory_limit_in_mb: int = 256
+    function_version: str = "$LATEST"
+    aws_request_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    log_group_name: str = ""
+    log_stream_name: str = ""
+    deadline: float = field(default_factory=lambda: time.monotonic() + 900)
+
+    def get_remaining_time_in_millis(self) -> int:
+        return max(0, int((self.deadline - time.monotonic()) * 1000))
+
+
+_handlers: dict[str, Callable[..., Any]] = {}
+_handlers_lock = threading.Lock()
+
+
+def _handler(function_name: str, code_dir: Path, handler: str) -> Callable[..., Any]:
+    with _handlers_lock:
+        if function_name not in _handlers:
+            module_name, attribute = handler.rsplit(".", 1)
+            unique = f"lambda_{code_dir.name}_{module_name}"
+            spec = importlib.util.spec_from_file_location(unique, code_dir / f"{module_name}.py")
+            assert spec and spec.loader
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[unique] = module
+            spec.loader.exec_module(module)
+            _handlers[function_name] = getattr(module, attribute)
+        return _handlers[function_name]
+
+
+@contextmanager
+def real_lambda_handlers(deployment: Deployment) -> Iterator[None]:
+    """Make moto's Lambda run the deployment's real handlers in this process."""
+    from moto.awslambda_simple.models import LambdaSimpleBackend
+
+    shared = str(REPO / "functions" / "shared")  # the layer, as /opt/python on Lambda
+    if shared not in sys.path:
+        sys.path.insert(0, shared)
+    os.environ.setdefault("POWERTOOLS_TRACE_DISABLED", "true")
+    original = LambdaSimpleBackend.invoke
+
+    def invoke(self: Any, function_name: str, qualifier: str | None, body: Any, headers: Any, response_headers: Any) -> bytes:
+        function = self.get_function(function_name, qualifier)
+        code_dir = deployment.function_code.get(function.function_name)
+        if code_dir is None:
+            return original(self, function_name, qualifier, body, headers, response_headers)
+        os.environ.update(function.environment_vars)  # all functions share the Globals environment
+        event = json.loads(body) if body else {}
+        context = LambdaContext(function.function_name, function.function_arn)
+        try:
+            handler = _handler(function.function_name, code_dir, function.handler)
+            return json.dumps(handler(event, context)).encode()
+        except Exception as error:  # what the Lambda runtime reports for an unhandled exception
+            response_headers["x-amz-function-error"] = "Unhandled"
+            return json.dumps({
+                "errorMessage": str(error),
+                "errorType": type(error).__name__,
+                "stackTrace": traceback.format_tb(error.__traceback__),
+            }).encode()
+
+    LambdaSimpleBackend.invoke = invoke
+    try:
+        yield
+    finally:
+        LambdaSimpleBackend.invoke = original
+
+
+# ---------------------------------------------------------------- SSM Run Command on real nodes
+Executor = Callable[[str, str, str, int], tuple[int, str, str]]  # (instance id, region, text, timeout) -> result
+
+
+@contextmanager
+def ssm_runs_on(executor: Executor, routable: Callable[[str], bool]) -> Iterator[list[dict[str, Any]]]:
+    """Make moto's SSM run each command's text through ``executor``; yields the list of commands sent.
+
+    Instances that ``routable`` rejects behave like instances without the SSM agent: SendCommand fails with
+    InvalidInstanceId, as it does on AWS.
+    """
+    from moto.ssm import models as ssm_models
+    from moto.ssm.exceptions import SSMException
+
+    sent: list[dict[str, Any]] = []
+    original_response = ssm_models.Command.invocation_response
+    original_targets = ssm_models.Command._get_instance_ids_from_targets
+
+    def targets(self: Any) -> list[str]:
+        return original_targets(self) if self.targets else []  # moto fans InstanceIds out to every instance
+
+    def invocation_response(self: Any, instance_id: str, plugin_name: str) -> dict[str, Any]:
+        if not routable(instance_id):
+            raise SSMException("InvalidInstanceId", f"Instances [[{instance_id}]] not in a valid state for account")
+        invocation = original_response(self, instance_id, plugin_name)
+        invocation.update(Status="InProgress", StatusDetails="InProgress", ResponseCode=-1)
+        text = "\n".join(self.parameters.get("commands", []))
+        timeout = int((self.parameters.get("executionTimeout") or ["3600"])[0])
+        sent.append({"CommandId": self.command_id, "InstanceId": instance_id, "Parameters": self.parameters,
+                     "Comment": self.comment})
+
+        def run() -> None:
+            try:
+                code, stdout, stderr = executor(instance_id, self.backend_region, text, timeout)
+            except Exception as error:  # the agent reports a failed invocation, not a crash
+                code, stdout, stderr = 1, "", f"executor error: {error}"
+            status = "Success" if code == 0 else "Failed"
+            invocation.update(Status=status, StatusDetails=status, ResponseCode=code,
+                              StandardOutputContent=stdout[:SSM_OUTPUT_LIMIT],
+                              StandardErrorContent=stderr[:SSM_OUTPUT_LIMIT])
+
+        threading.Thread(target=run, name=f"ssm-{instance_id}", daemon=True).start()
+        return invocation
+
+    ssm_models.Command.invocation_response = invocation_response
+    ssm_models.Command._get_instance_ids_from_targets = targets
+    try:
+        yield sent
+    finally:
+        ssm_models.Command.invocation_response = original_response
+        ssm_models.Command._get_instance_ids_from_targets = original_targets
+
+
+# ---------------------------------------------------------------- EventBridge -> state machine
+def route_event(deployment: Deployment, event: dict[str, Any]) -> str | None:
+    """Deliver ``event`` as EventBridge would: start the state machine if a template rule matches.
+
+    Returns the execution ARN, or None when no rule matches. The event is also put on the bus, so it is
+    recorded like any other.
+    """
+    from moto.events.models import EventPattern
+
+    boto3.client("events", region_name=deployment.region).put_events(Entries=[{
+        "Source": event["source"], "DetailType": event["detail-type"], "Detail": json.dumps(event["detail"]),
+        "Resources": event.get("resources", []),
+    }])
+    if not any(EventPattern.load(json.dumps(p)).matches_event(event) for p in deployment.rule_patterns):
+        return None
+    return start_execution(deployment, event)
+
+
+def start_execution(deployment: Deployment, execution_input: dict[str, Any]) -> str:
+    """Start the state machine with a generated name, as EventBridge and `sam remote invoke` do (moto leaves
+    an unnamed execution nameless, AWS names it with a UUID)."""
+    return boto3.client("stepfunctions", region_name=deployment.region).start_execution(
+        stateMachineArn=deployment.state_machine_arn, name=str(uuid.uuid4()), input=json.dumps(execution_input)
+    )["executionArn"]
+
+
+def stack_status_event(stack_id: str, status: str, region: str, event_id: str | None = None) -> dict[str, Any]:
+    """A CloudFormation "Stack Status Change" event exactly as EventBridge delivers it."""
+    return {
+        "version": "0",
+        "id": event_id or str(uuid.uuid4()),
+        "detail-type": "CloudFormation Stack Status Change",
+        "source": "aws.cloudformation",
+        "account": ACCOUNT_ID,
+        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "region": region,
+        "resources": [stack_id],
+        "detail": {
+            "stack-id": stack_id,
+            "status-details": {"status": status, "status-reason": ""},
+            "client-request-token": "",
+        },
+    }
+
+
+# ---------------------------------------------------------------- executions
+def wait_for_execution(
+    execution_arn: str, region: str, *, timeout: float = 600, on_event: Callable[[dict[str, Any]], None] | None = None
+) -> dict[str, Any]:
+    """Poll until the execution ends (deadline ``timeout``); ``on_event`` sees each new history event."""
+    sfn = boto3.client("stepfunctions", region_name=region)
+    deadline = time.monotonic() + timeout
+    seen = 0
+    while True:
+        description = sfn.describe_execution(executionArn=execution_arn)
+        if on_event:
+            events = history(execution_arn, region)
+            for event in events[seen:]:
+                on_event(event)
+            seen = len(events)
+        if description["status"] != "RUNNING":
+            return description
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"execution {execution_arn} still running after {timeout} s")
+        time.sleep(0.1)
+
+
+def history(execution_arn: str, region: str) -> list[dict[str, Any]]:
+    """Every history event of an execution, oldest first."""
+    sfn = boto3.client("stepfunctions", region_name=region)
+    return [e for page in sfn.get_paginator("get_execution_history").paginate(executionArn=execution_arn)
+            for e in page["events"]]
+
+
+def state_names(execution_arn: str, region: str) -> list[str]:
+    """Names of the states the execution entered, in order."""
+    return [e["stateEnteredEventDetails"]["name"] for e in history(execution_arn, region)
+            if "stateEnteredEventDetails" in e]

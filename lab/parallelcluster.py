@@ -1,0 +1,107 @@
+"""ParallelCluster-shaped resources in moto: the stack, its head node security group and tagged instances.
+
+Mirrors what `pcluster create-cluster` leaves in an account (notes/parallelcluster.md): a top-level stack named
+after the cluster with `parallelcluster:*` tags plus the user's tags, a `HeadNodeSecurityGroup` resource, a head
+node instance and compute nodes tagged `parallelcluster:cluster-name` / `parallelcluster:node-type`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from dataclasses import dataclass, field
+
+import boto3
+
+PCLUSTER_VERSION = "3.11.1"
+AMI = "ami-12c6146b"  # one of moto's built-in images
+
+
+@dataclass
+class Network:
+    """A VPC with one subnet, standing in for the clusters' network in one region."""
+
+    region: str
+    vpc_id: str
+    subnet_id: str
+    cidr: str
+
+
+@dataclass
+class ClusterInAws:
+    """What a test or the demo needs to know about a cluster it created in moto."""
+
+    name: str
+    region: str
+    stack_id: str
+    security_group_id: str
+    head_instance_id: str
+    head_role_arn: str
+    compute_instance_ids: list[str] = field(default_factory=list)
+
+    @property
+    def instance_ids(self) -> list[str]:
+        return [self.head_instance_id, *self.compute_instance_ids]
+
+
+def create_network(region: str, cidr: str) -> Network:
+    """A VPC and subnet covering ``cidr`` (the lab's subnet, so instance IPs equal lab node IPs)."""
+    ec2 = boto3.client("ec2", region_name=region)
+    network = ipaddress.ip_network(cidr)
+    vpc_cidr = str(network.supernet(new_prefix=16)) if network.prefixlen > 16 else cidr
+    vpc_id = ec2.create_vpc(CidrBlock=vpc_cidr)["Vpc"]["VpcId"]
+    subnet_id = ec2.create_subnet(VpcId=vpc_id, CidrBlock=cidr)["Subnet"]["SubnetId"]
+    return Network(region, vpc_id, subnet_id, cidr)
+
+
+def _instance_profile(region: str, cluster: str) -> tuple[str, str]:
+    iam = boto3.client("iam", region_name=region)
+    role = iam.create_role(RoleName=f"{cluster}-RoleHeadNode", AssumeRolePolicyDocument="{}")["Role"]["Arn"]
+    iam.create_instance_profile(InstanceProfileName=f"{cluster}-HeadNodeProfile")
+    iam.add_role_to_instance_profile(InstanceProfileName=f"{cluster}-HeadNodeProfile", RoleName=f"{cluster}-RoleHeadNode")
+    return f"{cluster}-HeadNodeProfile", role
+
+
+def _run(region: str, network: Network, ip: str, group: str, tags: dict[str, str], profile: str | None = None) -> str:
+    kwargs = {"IamInstanceProfile": {"Name": profile}} if profile else {}
+    return boto3.client("ec2", region_name=region).run_instances(
+        ImageId=AMI, MinCount=1, MaxCount=1, InstanceType="c6g.large", SubnetId=network.subnet_id,
+        PrivateIpAddress=ip, SecurityGroupIds=[group],
+        TagSpecifications=[{"ResourceType": "instance", "Tags": [{"Key": k, "Value": v} for k, v in tags.items()]}],
+        **kwargs,
+    )["Instances"][0]["InstanceId"]
+
+
+def create_cluster(
+    network: Network,
+    name: str,
+    head_ip: str,
+    compute_ips: list[str],
+    tags: dict[str, str] | None = None,
+) -> ClusterInAws:
+    """Create a ParallelCluster-shaped stack and its instances; ``tags`` are the user's cluster tags."""
+    region = network.region
+    cloudformation = boto3.client("cloudformation", region_name=region)
+    template = {
+        "Resources": {
+            "HeadNodeSecurityGroup": {
+                "Type": "AWS::EC2::SecurityGroup",
+                "Properties": {"GroupDescription": "Enable access to the head node", "VpcId": network.vpc_id},
+            }
+        }
+    }
+    stack_tags = {"parallelcluster:version": PCLUSTER_VERSION, "parallelcluster:cluster-name": name, **(tags or {})}
+    stack_id = cloudformation.create_stack(
+        StackName=name, TemplateBody=json.dumps(template),
+        Tags=[{"Key": k, "Value": v} for k, v in stack_tags.items()],
+    )["StackId"]
+    group = cloudformation.describe_stack_resource(StackName=name, LogicalResourceId="HeadNodeSecurityGroup")[
+        "StackResourceDetail"]["PhysicalResourceId"]
+    profile, role_arn = _instance_profile(region, name)
+    node_tags = {"parallelcluster:cluster-name": name, "parallelcluster:version": PCLUSTER_VERSION, **(tags or {})}
+    head = _run(region, network, head_ip, group, {**node_tags, "parallelcluster:node-type": "HeadNode", "Name": "HeadNode"}, profile)
+    computes = [
+        _run(region, network, ip, group, {**node_tags, "parallelcluster:node-type": "Compute", "Name": "Compute"})
+        for ip in compute_ips
+    ]
+    return ClusterInAws(name, region, stack_id, group, head, role_arn, computes)
