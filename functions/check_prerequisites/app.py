@@ -1,19 +1,13 @@
 """CheckPrerequisites: everything that must hold before anything changes, each failure saying what to do."""
 
-from aws_lambda_powertools import Logger, Tracer
-from aws_lambda_powertools.utilities.parser import event_parser
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from slurm_multicluster import pairing
+from slurm_multicluster.lambda_step import logger, pairing_step
 from slurm_multicluster.state import PairingState
 
-logger = Logger()
-tracer = Tracer()
 
-
-@logger.inject_lambda_context
-@tracer.capture_lambda_handler
-@event_parser(model=PairingState)
+@pairing_step(PairingState)
 def lambda_handler(state: PairingState, context: LambdaContext) -> dict:
     passed = pairing.check_prerequisites(state.request, state.members)
     logger.info("prerequisites met", extra={"checks": passed})

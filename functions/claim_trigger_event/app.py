@@ -2,20 +2,17 @@
 
 import os
 
-from aws_lambda_powertools import Logger, Tracer
 from aws_lambda_powertools.utilities.idempotency import (
     DynamoDBPersistenceLayer,
     IdempotencyConfig,
     idempotent_function,
 )
 from aws_lambda_powertools.utilities.idempotency.exceptions import IdempotencyAlreadyInProgressError
-from aws_lambda_powertools.utilities.parser import event_parser
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
+from slurm_multicluster.lambda_step import logger, pairing_step
 from slurm_multicluster.state import PairingState
 
-logger = Logger()
-tracer = Tracer()
 persistence = DynamoDBPersistenceLayer(table_name=os.environ["IDEMPOTENCY_TABLE"])
 # EventBridge redelivers within hours at most; a day covers it.
 config = IdempotencyConfig(event_key_jmespath="eventId", expires_after_seconds=24 * 3600)
@@ -27,12 +24,10 @@ def claim_event(claim: dict) -> dict:
     return {"owner": claim["executionName"]}
 
 
-@logger.inject_lambda_context
-@tracer.capture_lambda_handler
-@event_parser(model=PairingState)
+@pairing_step(PairingState)
 def lambda_handler(state: PairingState, context: LambdaContext) -> dict:
     request = state.request
-    if not request.event_id:
+    if not request.event_id:  # manual runs have no delivery to deduplicate
         return {"duplicate": False, "owner": request.execution_name}
     config.register_lambda_context(context)
     try:

@@ -1,21 +1,14 @@
 """PointAccountingAtFederation: the new member's slurmctld uses the federation's slurmdbd."""
 
-from aws_lambda_powertools import Logger, Tracer
-from aws_lambda_powertools.utilities.parser import event_parser
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from slurm_multicluster import pairing
+from slurm_multicluster.lambda_step import pairing_step
 from slurm_multicluster.aws import client
 from slurm_multicluster.settings import settings
 from slurm_multicluster.state import PairingState
 
-logger = Logger()
-tracer = Tracer()
 
-
-@logger.inject_lambda_context
-@tracer.capture_lambda_handler
-@event_parser(model=PairingState)
+@pairing_step(PairingState)
 def lambda_handler(state: PairingState, context: LambdaContext) -> dict:
-    assert state.plan is not None
-    return pairing.point_accounting(client, state.plan, state.members, state.request.execution_name, settings())
+    return pairing.point_accounting(client, state.planned(), state.members, state.request.execution_name, settings())
