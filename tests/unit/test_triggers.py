@@ -1,0 +1,87 @@
+"""What starts a pairing: strict parsing of events and manual requests, membership from stack tags."""
+
+from __future__ import annotations
+
+import pytest
+
+from slurm_multicluster.discovery import membership
+from slurm_multicluster.errors import InvalidInput
+from slurm_multicluster.settings import Settings
+from slurm_multicluster.triggers import normalize
+
+STACK_ID = "arn:aws:cloudformation:eu-west-1:123456789012:stack/beta/5b7a1a10-0b7e-11ef-9a0b-0a1b2c3d4e5f"
+
+
+def _event(stack_id=STACK_ID, status="CREATE_COMPLETE"):
+    return {
+        "version": "0", "id": "6a7e8feb-b491-4cf7-a9f1-bf3703467718", "detail-type": "CloudFormation Stack Status Change",
+        "source": "aws.cloudformation", "account": "123456789012", "time": "2026-11-25T12:00:00Z",
+        "region": "eu-west-1", "resources": [stack_id],
+        "detail": {"stack-id": stack_id, "status-details": {"status": status, "status-reason": ""}},
+    }
+
+
+def test_create_complete_event_becomes_a_pairing_request_for_the_stack():
+    request = normalize(_event(), "exec-1")
+    assert (request.action, request.stack_name, request.region, request.event_id) == (
+        "pair", "beta", "eu-west-1", "6a7e8feb-b491-4cf7-a9f1-bf3703467718")
+
+
+def test_other_statuses_are_ignored():
+    assert normalize(_event(status="UPDATE_IN_PROGRESS"), "exec-1").action == "ignore"
+
+
+@pytest.mark.parametrize("stack_id", [
+    STACK_ID.replace("stack/beta/", "stack/beta;reboot/"),
+    STACK_ID.replace("stack/beta/", "stack/$(id)/"),
+    "arn:aws:s3:::bucket",
+    "",
+])
+def test_hostile_stack_ids_are_refused(stack_id):
+    with pytest.raises(InvalidInput):
+        normalize(_event(stack_id=stack_id), "exec-1")
+
+
+def test_manual_request_keeps_dry_run():
+    request = normalize({"stackName": "beta", "region": "eu-west-1", "dryRun": True}, "exec-1")
+    assert request.dry_run and request.trigger == "manual" and request.event_id is None
+
+
+def _stack(tags, **extra):
+    return {"StackName": "beta", "Tags": [{"Key": k, "Value": v} for k, v in tags.items()], **extra}
+
+
+PC_TAGS = {"parallelcluster:version": "3.11.1", "slurm-multicluster:federation": "hpc"}
+
+
+def test_tagged_top_level_parallelcluster_stack_is_a_member():
+    assert membership(_stack(PC_TAGS), Settings())[0] == "hpc"
+
+
+def test_nested_stacks_are_never_members_even_with_inherited_tags():
+    # Nested stacks (queues, login nodes) inherit the parent's tags; DescribeStacks shows their ParentId.
+    nested = _stack(PC_TAGS, ParentId="arn:aws:cloudformation:eu-west-1:123456789012:stack/beta/1", RootId="x")
+    federation, reason = membership(nested, Settings())
+    assert federation is None and "nested" in reason
+
+
+def test_untagged_and_non_parallelcluster_stacks_are_not_members():
+    assert membership(_stack({"parallelcluster:version": "3.11.1"}), Settings())[0] is None
+    assert membership(_stack({"slurm-multicluster:federation": "hpc"}), Settings())[0] is None
+
+
+@pytest.mark.parametrize("value", ["hpc;reboot", "$(id)", "a b", "", "x" * 64])
+def test_hostile_federation_tag_values_are_refused(value):
+    with pytest.raises(InvalidInput):
+        membership(_stack({**PC_TAGS, "slurm-multicluster:federation": value}), Settings())
+
+
+def test_sample_events_in_events_dir_parse(tmp_path):
+    import json
+    from pathlib import Path
+
+    events = Path(__file__).resolve().parents[2] / "events"
+    requests = {p.name: normalize(json.loads(p.read_text()), "exec-1") for p in events.glob("*.json")}
+    assert requests["stack-create-complete.json"].action == "pair"
+    assert requests["manual-pair-dry-run.json"].dry_run is True
+    assert requests["manual-pair.json"].dry_run is False
