@@ -1,0 +1,113 @@
+"""Command line: python -m lab up|down|status|exec|boot|reboot (see lab/README.md)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+from .core import ClusterSpec, Lab
+from .system import LabError
+
+
+def parse_clusters(text: str, computes: int, spare: int) -> list[ClusterSpec]:
+    """'alpha:accounting,beta' -> ClusterSpecs, every cluster with the same compute counts."""
+    specs = []
+    for item in filter(None, (s.strip() for s in text.split(","))):
+        name, _, flags = item.partition(":")
+        if flags not in ("", "accounting"):
+            raise LabError(f"--clusters entry {item!r}: only ':accounting' may follow a name")
+        specs.append(ClusterSpec(name, accounting=flags == "accounting", computes=computes, spare_computes=spare))
+    return specs
+
+
+def print_status(st: dict) -> None:
+    print(f"lab {st['name']} ({st['status']}), subnet {st['subnet']}, bridge {st['bridge_ip']} "
+          f"in netns {st['bridge_ns']}, files in {st['root']}")
+    print(f"{'NODE':<22} {'IP':<15} {'HOLDER':<8} DAEMONS")
+    for n in st["nodes"]:
+        if n["holder"] is None:
+            daemons = "node not running"
+        elif not n["booted"]:
+            daemons = "spare, not booted (python -m lab boot " + n["name"] + ")"
+        else:
+            daemons = " ".join(f"{u}={s}" for u, s in n["units"].items())
+        print(f"{n['name']:<22} {n['ip']:<15} {str(n['holder'] or '-'):<8} {daemons}")
+    for cluster, text in st["sinfo"].items():
+        print(f"\n== sinfo on {cluster}-head")
+        print(text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m lab", description=__doc__)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    default_name = os.environ.get("LAB_NAME", "lab")
+
+    up = sub.add_parser("up", help="bring the lab up (removing leftovers of a previous one first)")
+    up.add_argument("--name", default=default_name)
+    up.add_argument("--subnet", default="10.250.0.0/24")
+    up.add_argument("--clusters", default="alpha:accounting,beta",
+                    help="comma-separated cluster names; ':accounting' gives that head MariaDB + slurmdbd")
+    up.add_argument("--computes", type=int, default=1, help="booted compute nodes per cluster")
+    up.add_argument("--spare-computes", type=int, default=0, help="compute nodes per cluster left stopped")
+
+    for cmd, text in (("down", "stop everything and delete the namespaces"), ("status", "nodes, daemons, sinfo")):
+        s = sub.add_parser(cmd, help=text)
+        s.add_argument("--name", default=default_name)
+    sub.choices["status"].add_argument("--json", action="store_true")
+
+    ex = sub.add_parser("exec", help="run a command on a node: exec NODE -- CMD...")
+    ex.add_argument("--name", default=default_name)
+    ex.add_argument("node")
+    ex.add_argument("command", nargs=argparse.REMAINDER)
+
+    for cmd, text in (("boot", "boot a compute node: copy the shared munge key, start munged + slurmd"),
+                      ("reboot", "stop a node's daemons and boot it again")):
+        s = sub.add_parser(cmd, help=text)
+        s.add_argument("--name", default=default_name)
+        s.add_argument("node")
+        s.add_argument("--no-wait", action="store_true", help="do not wait for idle / slurmctld answering")
+
+    a = p.parse_args(argv)
+    if os.geteuid() != 0:
+        print("error: the lab needs root (network namespaces, mounts)", file=sys.stderr)
+        return 1
+    try:
+        if a.cmd == "up":
+            lab = Lab(a.name, a.subnet, parse_clusters(a.clusters, a.computes, a.spare_computes))
+            try:
+                lab.up(progress=lambda line: print(line, flush=True))
+            except LabError:
+                print(f"the partial lab is left for inspection: python -m lab status --name {a.name}; "
+                      f"logs under {lab.root}/nodes; remove it with python -m lab down --name {a.name}", file=sys.stderr)
+                raise
+        elif a.cmd == "down":
+            try:
+                lab = Lab.load(a.name)
+            except LabError:
+                lab = Lab(a.name)
+            lab.down(progress=print)
+        elif a.cmd == "status":
+            st = Lab.load(a.name).status()
+            print(json.dumps(st, indent=2)) if a.json else print_status(st)
+        elif a.cmd == "exec":
+            command = a.command[1:] if a.command[:1] == ["--"] else a.command
+            if not command:
+                print("error: usage: python -m lab exec NODE -- CMD...", file=sys.stderr)
+                return 2
+            return Lab.load(a.name).exec(a.node, command, capture=False, timeout=None).returncode
+        elif a.cmd in ("boot", "reboot"):
+            lab = Lab.load(a.name)
+            t0 = time.monotonic()
+            seen = getattr(lab, a.cmd)(a.node, wait=not a.no_wait)
+            print(f"[{time.monotonic() - t0:5.1f}s] {a.cmd} {a.node}: {seen}")
+    except LabError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

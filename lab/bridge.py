@@ -1,0 +1,180 @@
+"""Join a running lab to a moto "AWS": the workflow's SSM commands run the real node scripts on lab nodes.
+
+- One moto server, listening on 127.0.0.1 (for this process: the Lambdas, the state machine, the tests) and on
+  the lab bridge's address inside the bridge namespace (for node scripts calling `aws secretsmanager ...` with
+  their "instance role", as a head node does). Both sockets serve the same in-process moto backends.
+- Every lab cluster is mirrored in moto as a ParallelCluster stack with tagged head and compute instances whose
+  private IPs are the lab nodes' addresses.
+- The template is deployed as `sam deploy` would, with the real handlers run in-process (lab/cloud.py).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+import boto3
+import requests
+
+from lab import cloud
+from lab.core import Lab
+from lab.parallelcluster import ClusterInAws, create_cluster, create_network
+
+FAKE_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_SESSION_TOKEN": "testing"}
+
+
+@dataclass
+class LabCloud:
+    """The lab as seen from "AWS": deployment, the mirrored clusters and every SSM command sent."""
+
+    lab: Lab
+    deployment: cloud.Deployment
+    clusters: dict[str, ClusterInAws]
+    commands: list[dict[str, Any]]
+    endpoint: str
+    node_of_instance: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def region(self) -> str:
+        return self.deployment.region
+
+    def event_for(self, cluster: str, status: str = "CREATE_COMPLETE", event_id: str | None = None) -> dict[str, Any]:
+        mirror = self.clusters[cluster]
+        return cloud.stack_status_event(mirror.stack_id, status, mirror.region, event_id)
+
+    def run(self, execution_input: dict[str, Any], *, on_event=None, timeout: float = 600, routed: bool = True) -> dict[str, Any]:
+        """Start the state machine (through the EventBridge rule for events) and wait for the outcome."""
+        if routed and "detail-type" in execution_input:
+            arn = cloud.route_event(self.deployment, execution_input)
+            if arn is None:
+                raise AssertionError("no EventBridge rule of the template matches this event")
+        else:
+            arn = cloud.start_execution(self.deployment, execution_input)
+        return cloud.wait_for_execution(arn, self.region, timeout=timeout, on_event=on_event)
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@contextmanager
+def _moto_server(lab: Lab) -> Iterator[str]:
+    """moto on 127.0.0.1:PORT and on <bridge ip>:PORT in the lab's bridge namespace; yields the local endpoint."""
+    from moto.moto_server.threaded_moto_server import ThreadedMotoServer
+    from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
+    from werkzeug.serving import make_server
+
+    port = _free_port()
+    local = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    local.start()
+    servers: list[Any] = []
+    ready = threading.Event()
+    failure: list[BaseException] = []
+
+    def serve_in_bridge_namespace() -> None:
+        try:
+            # setns affects only this thread: the listening socket is created inside the lab's bridge namespace.
+            with open(lab.netns_path("bridge")) as namespace:
+                os.setns(namespace.fileno(), os.CLONE_NEWNET)
+            server = make_server(lab.bridge_ip, port, DomainDispatcherApplication(create_backend_app), True,
+                                 request_handler=MotoRequestHandler)
+            servers.append(server)
+        except BaseException as error:  # reported to the caller below
+            failure.append(error)
+            return
+        finally:
+            ready.set()
+        server.serve_forever()
+
+    thread = threading.Thread(target=serve_in_bridge_namespace, name="moto-bridge", daemon=True)
+    thread.start()
+    ready.wait(timeout=30)
+    try:
+        if failure or not servers:
+            raise RuntimeError(f"cannot serve moto inside the lab bridge namespace: {failure}")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        for server in servers:
+            server.shutdown()
+        local.stop()
+
+
+@contextmanager
+def _environment(values: dict[str, str]) -> Iterator[None]:
+    saved = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def node_environment(lab: Lab, port: int, region: str) -> dict[str, str]:
+    """What a lab node's `aws` CLI sees: the moto endpoint on the bridge, fake instance-role credentials."""
+    return {**FAKE_CREDENTIALS, "AWS_ENDPOINT_URL": f"http://{lab.bridge_ip}:{port}", "AWS_DEFAULT_REGION": region}
+
+
+@contextmanager
+def lab_cloud(
+    lab: Lab,
+    tags: dict[str, dict[str, str]],
+    *,
+    region: str = "us-east-1",
+    cluster_regions: dict[str, str] | None = None,
+    parameters: dict[str, str] | None = None,
+) -> Iterator[LabCloud]:
+    """moto + the deployed template + the lab's clusters mirrored with ``tags`` (cluster -> stack tags)."""
+    from slurm_multicluster import aws
+
+    with ExitStack() as stack:
+        endpoint = stack.enter_context(_moto_server(lab))
+        port = int(endpoint.rsplit(":", 1)[1])
+        stack.enter_context(_environment({
+            **FAKE_CREDENTIALS, "AWS_ENDPOINT_URL": endpoint, "MOTO_PORT": str(port), "AWS_DEFAULT_REGION": region,
+            "AWS_REGION": region, "POWERTOOLS_TRACE_DISABLED": "true",
+        }))
+        aws.client.cache_clear()
+        stack.callback(aws.client.cache_clear)
+        requests.post(f"{endpoint}/moto-api/config", json=cloud.MOTO_CONFIG, timeout=10).raise_for_status()
+        extra_regions = sorted({r for r in (cluster_regions or {}).values() if r != region})
+        deployment = cloud.deploy(region, {"FederationRegions": ",".join(extra_regions), **(parameters or {})})
+
+        networks: dict[str, Any] = {}
+        clusters: dict[str, ClusterInAws] = {}
+        node_of_instance: dict[str, str] = {}
+        for spec in lab.clusters:
+            cluster_region = (cluster_regions or {}).get(spec.name, region)
+            if cluster_region not in networks:
+                networks[cluster_region] = create_network(cluster_region, lab.subnet)
+            head = lab.head(spec.name)
+            computes = [n for n in lab.computes(spec.name) if lab.is_booted(n.name)]
+            mirror = create_cluster(networks[cluster_region], spec.name, head.ip, [n.ip for n in computes],
+                                    tags.get(spec.name))
+            clusters[spec.name] = mirror
+            node_of_instance[mirror.head_instance_id] = head.name
+            node_of_instance.update(zip(mirror.compute_instance_ids, (n.name for n in computes)))
+
+        def execute(instance_id: str, command_region: str, text: str, timeout: int) -> tuple[int, str, str]:
+            done = lab.sh(node_of_instance[instance_id], text, env=node_environment(lab, port, command_region),
+                          timeout=timeout)
+            return done.returncode, done.stdout, done.stderr
+
+        stack.enter_context(cloud.real_lambda_handlers(deployment))
+        commands = stack.enter_context(cloud.ssm_runs_on(execute, routable=lambda i: i in node_of_instance))
+        yield LabCloud(lab, deployment, clusters, commands, endpoint, node_of_instance)
+
+
+def secret_versions(region: str, secret_id: str) -> dict[str, list[str]]:
+    """Version id -> staging labels of a secret (to check the federation key without reading it)."""
+    described = boto3.client("secretsmanager", region_name=region).describe_secret(SecretId=secret_id)
+    return described.get("VersionIdsToStages", {})

@@ -1,0 +1,134 @@
+"""`make demo`: two real Slurm clusters on this machine, paired by the real workflow, then used together.
+
+Steps (each printed with its elapsed time):
+ 1. bring up alpha (accounting: slurmdbd + MariaDB) and beta, each with a compute node and its OWN munge key;
+ 2. show they are separate: beta cannot submit to alpha, alpha's munge credentials do not decode on beta;
+ 3. deploy template.yaml into moto, mirror both clusters as ParallelCluster stacks (alpha tagged as the
+    federation's accounting cluster, beta as a member);
+ 4. deliver beta's CloudFormation CREATE_COMPLETE event: the EventBridge rule starts the real state machine,
+    whose real Lambdas run the real node scripts on the lab nodes through SSM; every state is printed;
+ 5. show `sacctmgr show clusters` listing both, a job submitted on alpha with `sbatch --clusters=beta` running
+    and completing on beta's compute node, and beta still running its own jobs.
+Exits non-zero if any of that fails. The lab is taken down at the end unless --keep.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import time
+
+from lab.bridge import lab_cloud
+from lab.core import ClusterSpec, Lab, LabError
+
+FEDERATION = "demo"
+START = time.monotonic()
+
+
+def say(step: str, detail: str = "") -> None:
+    print(f"[{time.monotonic() - START:6.1f}s] {step}{': ' + detail if detail else ''}", flush=True)
+
+
+def run(lab: Lab, node: str, command: str, timeout: float = 60) -> tuple[int, str]:
+    done = lab.sh(node, command, timeout=timeout)
+    return done.returncode, (done.stdout + done.stderr).strip()
+
+
+def wait_for_job(lab: Lab, node: str, cluster: str, job_id: str, timeout: float = 90) -> dict[str, str]:
+    """Poll `scontrol -M <cluster> show job` until the job completes (or fails); returns its fields."""
+    deadline = time.monotonic() + timeout
+    fields: dict[str, str] = {}
+    while time.monotonic() < deadline:
+        _, out = run(lab, node, f"scontrol -M {cluster} show job {job_id} --oneliner")
+        fields = dict(re.findall(r"(\w+)=(\S+)", out))
+        if fields.get("JobState") in {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY"}:
+            return fields
+        time.sleep(0.5)
+    raise LabError(f"job {job_id} on {cluster} did not finish within {timeout:.0f}s (last seen: {fields.get('JobState')})")
+
+
+def submit(lab: Lab, node: str, cluster: str) -> str:
+    code, out = run(lab, node, f"sbatch --clusters={cluster} --wrap 'hostname; sleep 1' --output=/tmp/demo-%j.out")
+    match = re.search(r"Submitted batch job (\d+)", out)
+    if code != 0 or not match:
+        raise LabError(f"sbatch --clusters={cluster} on {node} failed: {out}")
+    return match.group(1)
+
+
+def print_state(event: dict) -> None:
+    if "stateEnteredEventDetails" in event:
+        say("  state", event["stateEnteredEventDetails"]["name"])
+    elif event["type"] in ("ExecutionFailed",):
+        details = event.get("executionFailedEventDetails", {})
+        say("  execution failed", f"{details.get('error')}: {details.get('cause', '')[:500]}")
+
+
+def demo(keep: bool) -> int:
+    lab = Lab("demo", "10.251.0.0/24", [ClusterSpec("alpha", accounting=True), ClusterSpec("beta")])
+    say("1. lab up", "alpha (accounting) and beta, each a head node + a compute node, different munge keys")
+    lab.up(progress=lambda line: print(f"         {line}", flush=True))
+    try:
+        say("2. before pairing")
+        code, out = run(lab, "beta-head", "sbatch --clusters=alpha --wrap true")
+        say("   beta$ sbatch --clusters=alpha", f"exit {code}: {out.splitlines()[-1] if out else ''}")
+        credential = lab.exec("alpha-head", ["munge", "-n"]).stdout
+        decoded = lab.exec("beta-head", ["unmunge"], input=credential)
+        say("   alpha munge -n | beta unmunge", f"exit {decoded.returncode}: {decoded.stderr.strip() or decoded.stdout.splitlines()[0]}")
+
+        tags = {
+            "alpha": {"slurm-multicluster:federation": FEDERATION, "slurm-multicluster:role": "accounting"},
+            "beta": {"slurm-multicluster:federation": FEDERATION},
+        }
+        say("3. deploy template.yaml into moto; mirror the clusters as ParallelCluster stacks")
+        with lab_cloud(lab, tags) as aws:
+            say("4. CloudFormation: stack beta CREATE_COMPLETE -> EventBridge rule -> pairing state machine")
+            result = aws.run(aws.event_for("beta"), on_event=print_state)
+            say("   execution", result["status"])
+            if result["status"] != "SUCCEEDED":
+                say("   cause", result.get("cause", ""))
+                return 1
+            plan = json.loads(result["output"])
+            say("   plan applied", f"{len(plan['ingressRules'])} ingress rules, restarts: {'; '.join(plan['restarts']) or 'none'}")
+            say("   SSM commands sent", str(len(aws.commands)))
+
+        say("5. after pairing")
+        code, out = run(lab, "alpha-head", "sacctmgr -n show clusters format=cluster,controlhost,controlport")
+        print("\n".join(f"         {line}" for line in out.splitlines()), flush=True)
+        job = submit(lab, "alpha-head", "beta")
+        say("   alpha$ sbatch --clusters=beta", f"job {job}")
+        fields = wait_for_job(lab, "alpha-head", "beta", job)
+        say("   job on beta", f"{fields.get('JobState')} on {fields.get('NodeList')}")
+        own = submit(lab, "beta-head", "beta")
+        own_fields = wait_for_job(lab, "beta-head", "beta", own)
+        say("   beta's own job", f"{own_fields.get('JobState')} on {own_fields.get('NodeList')}")
+        back = submit(lab, "beta-head", "alpha")
+        back_fields = wait_for_job(lab, "beta-head", "alpha", back)
+        say("   beta$ sbatch --clusters=alpha", f"{back_fields.get('JobState')} on {back_fields.get('NodeList')}")
+        ok = all(f.get("JobState") == "COMPLETED" for f in (fields, own_fields, back_fields))
+        say("result", "PAIRED: jobs run across clusters" if ok else "FAILED")
+        return 0 if ok else 1
+    finally:
+        if keep:
+            say("lab kept", "python -m lab status --name demo; python -m lab down --name demo")
+        else:
+            say("lab down")
+            lab.down()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--keep", action="store_true", help="leave the lab running afterwards")
+    args = parser.parse_args()
+    try:
+        code = demo(args.keep)
+    except LabError as error:
+        say("FAILED", str(error))
+        code = 1
+    say("done", f"exit {code}")
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,170 @@
+"""Host-side plumbing: network namespaces, veths, holder processes and finding/killing what runs inside."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+NETNS_DIR = Path("/run/netns")
+
+# Runs inside `unshare --uts --mount --propagation private` in the node's netns: the node's whole
+# "machine" setup. Prints "ready <pid>" once the mounts are in place, then becomes the long-lived
+# holder whose namespaces every command and daemon of the node enters.
+HOLDER_SCRIPT = r"""
+set -eu
+tag=$1 host=$2
+shift 2
+hostname "$host"
+# Our private copy of the host's mount table holds /run/netns/* bind mounts of every named netns
+# (other labs' too); they would keep those namespaces alive after `ip netns del`. Drop them here.
+umount -l /run/netns 2>/dev/null || true
+while [ "$#" -gt 0 ]; do
+  mount --bind "$1" "$2"
+  shift 2
+done
+echo "ready $$"
+exec -a "$tag" sleep infinity </dev/null >/dev/null 2>&1
+"""
+
+
+class LabError(RuntimeError):
+    """A lab operation failed; the message says what was seen."""
+
+
+def run(argv: list[str], *, check: bool = True, timeout: float = 30) -> subprocess.CompletedProcess:
+    """Run a host command, text output captured; raise with its stderr when it fails and check is set."""
+    cp = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+    if check and cp.returncode != 0:
+        raise LabError(f"{' '.join(argv)} failed ({cp.returncode}): {cp.stderr.strip() or cp.stdout.strip()}")
+    return cp
+
+
+def netns_exists(name: str) -> bool:
+    return (NETNS_DIR / name).exists()
+
+
+def netns_id(name: str) -> str | None:
+    """'net:[inode]' of a named netns, as /proc/PID/ns/net shows it, or None."""
+    try:
+        return f"net:[{os.stat(NETNS_DIR / name).st_ino}]"
+    except OSError:
+        return None
+
+
+def add_bridge(ns: str, bridge_ip: str, prefixlen: int) -> None:
+    """A namespace holding only bridge br0 with the subnet's .1."""
+    run(["ip", "netns", "add", ns])
+    run(["ip", "-n", ns, "link", "set", "lo", "up"])
+    run(["ip", "-n", ns, "link", "add", "br0", "type", "bridge"])
+    run(["ip", "-n", ns, "addr", "add", f"{bridge_ip}/{prefixlen}", "dev", "br0"])
+    run(["ip", "-n", ns, "link", "set", "br0", "up"])
+
+
+def add_node_netns(ns: str, bridge_ns: str, veth: str, ip: str, prefixlen: int) -> None:
+    """A node namespace joined to the bridge by a veth pair created inside the bridge namespace,
+    so the pair's names never exist in the host's namespace (no clash between labs)."""
+    run(["ip", "netns", "add", ns])
+    run(["ip", "-n", bridge_ns, "link", "add", veth, "type", "veth", "peer", "name", veth + "p", "netns", ns])
+    run(["ip", "-n", bridge_ns, "link", "set", veth, "master", "br0", "up"])
+    run(["ip", "-n", ns, "link", "set", veth + "p", "name", "eth0"])
+    run(["ip", "-n", ns, "addr", "add", f"{ip}/{prefixlen}", "dev", "eth0"])
+    run(["ip", "-n", ns, "link", "set", "eth0", "up"])
+    run(["ip", "-n", ns, "link", "set", "lo", "up"])
+
+
+def delete_netns(name: str) -> None:
+    if netns_exists(name):
+        run(["ip", "netns", "del", name], check=False)
+
+
+def start_holder(ns: str, tag: str, hostname: str, binds: list[tuple[str, str]]) -> tuple[int, str]:
+    """Start a node's holder process; returns (pid, start time) once its mounts are in place."""
+    argv = ["setsid", "-f", "nsenter", f"--net={NETNS_DIR / ns}", "--",
+            "unshare", "--uts", "--mount", "--propagation", "private", "--",
+            "bash", "-c", HOLDER_SCRIPT, "lab-holder", tag, hostname]
+    for src, dst in binds:
+        argv += [src, dst]
+    # returns at EOF: when the holder has exec'd sleep with its output closed, or died
+    cp = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+    lines = cp.stdout.strip().splitlines()
+    if not lines or not lines[-1].startswith("ready "):
+        raise LabError(f"holder for {hostname} failed: {(cp.stdout + cp.stderr).strip()}")
+    pid = int(lines[-1].split()[1])
+    st = proc_stat(pid)
+    if st is None:
+        raise LabError(f"holder for {hostname} exited right after starting")
+    return pid, st[1]
+
+
+def proc_stat(pid: int) -> tuple[str, str] | None:
+    """(state letter, start time in clock ticks) of a process, None if it does not exist."""
+    try:
+        data = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = data[data.rindex(")") + 2:].split()
+    return fields[0], fields[19]
+
+
+def alive(pid: int, start: str | None = None) -> bool:
+    """True while the process runs (zombies count as dead: the sandbox's PID 1 reaps them late)."""
+    st = proc_stat(pid)
+    return st is not None and st[0] not in ("Z", "X") and (start is None or st[1] == start)
+
+
+def ns_link(pid: int | str, kind: str) -> str | None:
+    try:
+        return os.readlink(f"/proc/{pid}/ns/{kind}")
+    except OSError:
+        return None
+
+
+def find_holders(lab_name: str) -> list[int]:
+    """Holder processes of a lab found by their argv[0] tag, even without a state file."""
+    found = []
+    prefix = f"lab-holder:{lab_name}:".encode()
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = Path(entry.path, "cmdline").read_bytes()
+        except OSError:
+            continue
+        if cmdline.startswith(prefix):
+            found.append(int(entry.name))
+    return found
+
+
+def processes_in(ns_ids: set[str]) -> list[int]:
+    """Live processes whose network or mount namespace is one of ns_ids ('net:[..]', 'mnt:[..]')."""
+    me = os.getpid()
+    found = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit() or int(entry.name) == me:
+            continue
+        if ns_link(entry.name, "net") in ns_ids or ns_link(entry.name, "mnt") in ns_ids:
+            if alive(int(entry.name)):
+                found.append(int(entry.name))
+    return found
+
+
+def kill_all(ns_ids: set[str], deadline_s: float = 20) -> int:
+    """SIGKILL every process living in the given namespaces until none is left; returns how many."""
+    killed: set[int] = set()
+    deadline = time.monotonic() + deadline_s
+    while True:
+        pids = processes_in(ns_ids) if ns_ids else []
+        if not pids:
+            return len(killed)
+        if time.monotonic() > deadline:
+            raise LabError(f"processes still alive in the lab namespaces: {pids}")
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+                killed.add(pid)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.05)
