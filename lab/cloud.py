@@ -31,6 +31,9 @@ REPO = Path(__file__).resolve().parent.parent
 ACCOUNT_ID = "123456789012"
 SSM_OUTPUT_LIMIT = 24000  # GetCommandInvocation truncates stdout/stderr here
 MOTO_CONFIG = {"stepfunctions": {"execute_state_machine": True}, "lambda": {"use_docker": False}}
+LAYER = REPO / "functions" / "shared"  # the SAM layer, /opt/python on Lambda: importable here too
+if str(LAYER) not in sys.path:
+    sys.path.insert(0, str(LAYER))
 
 
 # ---------------------------------------------------------------- template.yaml
@@ -209,9 +212,6 @@ def real_lambda_handlers(deployment: Deployment) -> Iterator[None]:
     """Make moto's Lambda run the deployment's real handlers in this process."""
     from moto.awslambda_simple.models import LambdaSimpleBackend
 
-    shared = str(REPO / "functions" / "shared")  # the layer, as /opt/python on Lambda
-    if shared not in sys.path:
-        sys.path.insert(0, shared)
     os.environ.setdefault("POWERTOOLS_TRACE_DISABLED", "true")
     original = LambdaSimpleBackend.invoke
 

@@ -15,20 +15,25 @@ Exits non-zero if any of that fails. The lab is taken down at the end unless --k
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import logging
 import re
 import sys
 import time
+from pathlib import Path
 
 from lab.bridge import lab_cloud
 from lab.core import ClusterSpec, Lab, LabError
 
 FEDERATION = "demo"
 START = time.monotonic()
+CONSOLE = sys.stdout  # the Lambdas' JSON logs go to LOG_FILE instead, so the steps stay readable
+LOG_FILE = Path("/var/tmp/slurm-multicluster-demo.log")
 
 
 def say(step: str, detail: str = "") -> None:
-    print(f"[{time.monotonic() - START:6.1f}s] {step}{': ' + detail if detail else ''}", flush=True)
+    print(f"[{time.monotonic() - START:6.1f}s] {step}{': ' + detail if detail else ''}", file=CONSOLE, flush=True)
 
 
 def run(lab: Lab, node: str, command: str, timeout: float = 60) -> tuple[int, str]:
@@ -82,7 +87,9 @@ def demo(keep: bool) -> int:
             "beta": {"slurm-multicluster:federation": FEDERATION},
         }
         say("3. deploy template.yaml into moto; mirror the clusters as ParallelCluster stacks")
-        with lab_cloud(lab, tags) as aws:
+        say("   Lambda logs", str(LOG_FILE))
+        logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per moto request otherwise
+        with LOG_FILE.open("w") as log, contextlib.redirect_stdout(log), lab_cloud(lab, tags) as aws:
             say("4. CloudFormation: stack beta CREATE_COMPLETE -> EventBridge rule -> pairing state machine")
             result = aws.run(aws.event_for("beta"), on_event=print_state)
             say("   execution", result["status"])
@@ -94,8 +101,11 @@ def demo(keep: bool) -> int:
             say("   SSM commands sent", str(len(aws.commands)))
 
         say("5. after pairing")
-        code, out = run(lab, "alpha-head", "sacctmgr -n show clusters format=cluster,controlhost,controlport")
-        print("\n".join(f"         {line}" for line in out.splitlines()), flush=True)
+        code, out = run(lab, "alpha-head", "sacctmgr -nP show clusters format=cluster,controlhost,controlport")
+        say("   alpha$ sacctmgr show clusters", f"exit {code}")
+        for line in out.splitlines():
+            cluster, host, port = (line.split("|") + ["", "", ""])[:3]
+            say(f"     {cluster:<10} ControlHost={host or '(none)'} ControlPort={port}")
         job = submit(lab, "alpha-head", "beta")
         say("   alpha$ sbatch --clusters=beta", f"job {job}")
         fields = wait_for_job(lab, "alpha-head", "beta", job)

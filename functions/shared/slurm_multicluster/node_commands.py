@@ -54,6 +54,14 @@ def build_command(script: str, args: list[str]) -> str:
     )
 
 
+REDACTED_FIELDS = {"credential"}  # a munge credential authenticates for minutes: keep it out of logs
+
+
+def loggable(result: dict[str, Any]) -> dict[str, Any]:
+    """A script result fit for logs: fingerprints and facts only, credentials redacted."""
+    return {key: "<redacted>" if key in REDACTED_FIELDS else value for key, value in result.items()}
+
+
 @dataclass(frozen=True)
 class NodeResult:
     """What one node's script reported."""
@@ -130,7 +138,7 @@ def run_script(
         )
         logger.info(
             "node script finished",
-            extra={"script": script, "instance": instance_id, "status": result.status, "result": result.result},
+            extra={"script": script, "instance": instance_id, "status": result.status, "result": loggable(result.result)},
         )
         results[instance_id] = result
     return results

@@ -1,0 +1,133 @@
+#!/usr/bin/env bash
+# discover-slurm.sh: report this head node's Slurm and munge facts. Read-only: changes nothing.
+#
+# Usage: discover-slurm.sh [--help]
+#
+# Live values come from `scontrol show config` (slurmctld's view); when slurmctld does not answer they
+# are read from slurm.conf and the files it includes ("configSource": "files").
+# Last stdout line, one JSON object:
+#   ok, changed (always false), clusterName, slurmctldHost, slurmctldAddr, slurmctldPort ("6820-6829"),
+#   accountingStorageType, accountingStorageHost, accountingStoragePort (int or null),
+#   accountingFile (the file setting AccountingStorageType, else where such lines go:
+#   slurm_parallelcluster.conf when slurm.conf includes it, else slurm.conf), accountingDefinedIn (files
+#   setting any AccountingStorageType/Host/Port), dbdPort (int or null, from slurmdbd.conf),
+#   slurmdbdUnit, slurmdbdActive, slurmctldActive, mungeActive (bools), slurmVersion, slurmdbdVersion,
+#   mungeVersion, mungeKeySha256 (fingerprint only, never key bytes), configSource.
+# Environment: SLURM_ETC (/opt/slurm/etc), MUNGE_KEY_FILE (/etc/munge/munge.key).
+set -euo pipefail
+# shellcheck source=common.sh
+. "$(dirname "$0")/common.sh"
+
+while (($#)); do
+    case $1 in
+        -h | --help) show_help ;;
+        *) die_usage "unknown argument '$(sanitize "$1")'" ;;
+    esac
+done
+check_path_settings
+
+slurm_conf="$SLURM_ETC/slurm.conf"
+[[ -f $slurm_conf ]] || die "no slurm.conf at $slurm_conf"
+mapfile -t conf_files < <(slurm_conf_tree)
+
+# --- live configuration, else the files
+config_source=scontrol
+live=$(timeout 20 scontrol show config 2>/dev/null) || live=""
+if [[ -n $live ]] && [[ -n $(scontrol_config_value ClusterName "$live") ]]; then
+    cluster_name=$(scontrol_config_value ClusterName "$live")
+    ctld_host=$(scontrol_config_value 'SlurmctldHost[0]' "$live")
+    ctld_port=$(scontrol_config_value SlurmctldPort "$live")
+    acct_type=$(scontrol_config_value AccountingStorageType "$live")
+    acct_host=$(scontrol_config_value AccountingStorageHost "$live")
+    acct_port=$(scontrol_config_value AccountingStoragePort "$live")
+    slurm_version=$(scontrol_config_value SLURM_VERSION "$live")
+else
+    config_source=files
+    cluster_name=$(conf_last_value ClusterName "${conf_files[@]}")
+    ctld_host=$(conf_last_value SlurmctldHost "${conf_files[@]}")
+    [[ -n $ctld_host ]] || ctld_host=$(conf_last_value ControlMachine "${conf_files[@]}")
+    ctld_port=$(conf_last_value SlurmctldPort "${conf_files[@]}")
+    acct_type=$(conf_last_value AccountingStorageType "${conf_files[@]}")
+    acct_host=$(conf_last_value AccountingStorageHost "${conf_files[@]}")
+    acct_port=$(conf_last_value AccountingStoragePort "${conf_files[@]}")
+    slurm_version=""
+fi
+# SlurmctldHost is "name(address)" or "name"
+ctld_addr=""
+if [[ $ctld_host =~ ^([^\(]*)\((.*)\)$ ]]; then
+    ctld_host=${BASH_REMATCH[1]}
+    ctld_addr=${BASH_REMATCH[2]}
+fi
+[[ -n $ctld_port ]] || ctld_port=6817
+[[ $acct_port != 0 ]] || acct_port=""
+if [[ -z $slurm_version ]]; then
+    slurm_version=$(timeout 10 scontrol --version 2>/dev/null | awk '{print $NF}' | head -n1) || slurm_version=""
+fi
+
+# --- where the accounting lines live
+accounting_file=$(accounting_file_for "${conf_files[@]}")
+defined_in=()
+for key in AccountingStorageType AccountingStorageHost AccountingStoragePort; do
+    while IFS= read -r file; do
+        [[ -n $file ]] || continue
+        case " ${defined_in[*]-} " in *" $file "*) ;; *) defined_in+=("$file") ;; esac
+    done < <(conf_files_defining "$key" "${conf_files[@]}")
+done
+
+# --- slurmdbd
+dbd_port=""
+slurmdbd_conf="$SLURM_ETC/slurmdbd.conf"
+if [[ -f $slurmdbd_conf ]]; then
+    dbd_files=("$slurmdbd_conf")
+    while IFS= read -r line || [[ -n $line ]]; do
+        if [[ $line =~ ^[[:space:]]*[Ii][Nn][Cc][Ll][Uu][Dd][Ee][[:space:]]+([^[:space:]#]+) ]]; then
+            target=${BASH_REMATCH[1]}
+            [[ $target == /* ]] || target="$SLURM_ETC/$target"
+            if [[ $target =~ $RE_ABS_PATH && $target != *..* && -f $target ]]; then
+                dbd_files+=("$target")
+            fi
+        fi
+    done <"$slurmdbd_conf"
+    dbd_port=$(conf_last_value DbdPort "${dbd_files[@]}")
+    [[ -n $dbd_port ]] || dbd_port=6819 # slurmdbd's default
+fi
+slurmdbd_unit=false
+slurmdbd_active=false
+if unit_exists slurmdbd; then
+    slurmdbd_unit=true
+    ! unit_active slurmdbd || slurmdbd_active=true
+fi
+slurmdbd_version=""
+if [[ -f $slurmdbd_conf ]] && command -v slurmdbd >/dev/null 2>&1; then
+    # -V reads slurmdbd.conf, prints the version and exits (it never starts a daemon)
+    slurmdbd_version=$(SLURM_CONF="$slurm_conf" timeout 10 slurmdbd -V </dev/null 2>/dev/null |
+        awk '{print $NF}' | head -n1) || slurmdbd_version=""
+fi
+
+slurmctld_active=false
+! unit_active slurmctld || slurmctld_active=true
+munge_active=false
+! unit_active munge || munge_active=true
+munge_version=$(munge --version 2>/dev/null | sed -n 's/^munge-\([0-9][0-9.]*\).*/\1/p' | head -n1) || munge_version=""
+munge_sha=$(sha256_of "$MUNGE_KEY_FILE")
+
+result_str_or_null clusterName "$cluster_name"
+result_str_or_null slurmctldHost "$ctld_host"
+result_str_or_null slurmctldAddr "$ctld_addr"
+result_str slurmctldPort "$ctld_port"
+result_str_or_null accountingStorageType "$acct_type"
+result_str_or_null accountingStorageHost "$acct_host"
+result_int_or_null accountingStoragePort "$acct_port"
+result_str_or_null accountingFile "$accounting_file"
+result_list accountingDefinedIn ${defined_in[@]+"${defined_in[@]}"}
+result_int_or_null dbdPort "$dbd_port"
+result_bool slurmdbdUnit "$slurmdbd_unit"
+result_bool slurmdbdActive "$slurmdbd_active"
+result_bool slurmctldActive "$slurmctld_active"
+result_bool mungeActive "$munge_active"
+result_str_or_null slurmVersion "$slurm_version"
+result_str_or_null slurmdbdVersion "$slurmdbd_version"
+result_str_or_null mungeVersion "$munge_version"
+result_str_or_null mungeKeySha256 "$munge_sha"
+result_str configSource "$config_source"
+finish

@@ -1,0 +1,216 @@
+#!/usr/bin/env bash
+# install-munge-key.sh: install the federation munge key on this node and restart what uses it.
+#
+# Usage (head node):     install-munge-key.sh --secret-id ID --region REGION --expect-sha256 HEX --backup-id ID
+#                            [--version-stage AWSCURRENT|AWSPENDING|AWSPREVIOUS] [--shared-dirs]
+#                            [--restart UNIT[,UNIT...]] [--deadline SECONDS]
+# Usage (compute/login): install-munge-key.sh --from-shared-dir --expect-sha256 HEX --backup-id ID
+#                            [--restart UNIT[,UNIT...]] [--deadline SECONDS]
+#   --secret-id ID         the federation secret (name or ARN): SecretString = base64 of the key
+#   --region REGION        the secret's region
+#   --version-stage STAGE  which version to install (default AWSCURRENT)
+#   --from-shared-dir      take the key from the head node's NFS-shared copy (the first existing
+#                          <dir>/.munge.key of SHARED_MUNGE_DIRS), as ParallelCluster compute nodes do
+#   --expect-sha256 HEX    the key's sha256 fingerprint; any other key is refused and nothing changes
+#   --backup-id ID         backup name (the workflow's execution name), see restore-backup.sh
+#   --shared-dirs          also write <dir>/.munge.key into each existing dir of SHARED_MUNGE_DIRS, where
+#                          compute and login nodes copy their key from (head node only)
+#   --restart UNITS        Slurm daemons to restart after munge: slurmdbd, slurmctld, slurmd; restarted in
+#                          that order, and only those that exist and are not deliberately stopped
+#   --deadline SECONDS     how long each daemon gets to become ready after its restart (default 120)
+#
+# The key must be 32..1024 bytes with the expected fingerprint. When MUNGE_KEY_FILE (and with --shared-dirs
+# the shared copies) already hold it: "changed": false, nothing restarted. Otherwise: back up, write
+# atomically (munge:munge 0400; shared copies keep their owner and mode, root 0600 when new), restart munge,
+# wait until it is active and a local `munge -n | unmunge` works, then restart the listed daemons
+# (slurmctld: until `scontrol ping` says UP). On a failure after a change: restore the backup, restart
+# again, fail. Key bytes only ever live in a 0700 temp dir; output carries fingerprints only.
+# Last stdout line, one JSON object: ok, changed, sha256, previousSha256, restarted (units, munge first), sharedFiles
+# (list of shared copies written), source ("secret" or "shared-dir") [, rolledBack, error].
+# Exit status: 0 done, 1 failed (rolled back), 2 invalid input (nothing changed).
+# Environment: MUNGE_KEY_FILE, SHARED_MUNGE_DIRS, BACKUP_ROOT, MUNGE_SOCKET (see common.sh).
+set -euo pipefail
+# shellcheck source=common.sh
+. "$(dirname "$0")/common.sh"
+
+secret_id=""
+region=""
+version_stage=AWSCURRENT
+from_shared_dir=false
+expect_sha=""
+backup_id=""
+shared_dirs=false
+restart_list=""
+restart_given=false
+deadline_seconds=120
+while (($#)); do
+    case $1 in
+        --secret-id) require_value "$@"; secret_id=$2; shift 2 ;;
+        --region) require_value "$@"; region=$2; shift 2 ;;
+        --version-stage) require_value "$@"; version_stage=$2; shift 2 ;;
+        --from-shared-dir) from_shared_dir=true; shift ;;
+        --expect-sha256) require_value "$@"; expect_sha=$2; shift 2 ;;
+        --backup-id) require_value "$@"; backup_id=$2; shift 2 ;;
+        --shared-dirs) shared_dirs=true; shift ;;
+        --restart) require_value "$@"; restart_list=$2; restart_given=true; shift 2 ;;
+        --deadline) require_value "$@"; deadline_seconds=$2; shift 2 ;;
+        -h | --help) show_help ;;
+        *) die_usage "unknown argument '$(sanitize "$1")'" ;;
+    esac
+done
+if [[ $from_shared_dir == true ]]; then
+    [[ -z $secret_id && -z $region ]] || die_usage "--from-shared-dir excludes --secret-id and --region"
+    [[ $shared_dirs == false ]] || die_usage "--from-shared-dir excludes --shared-dirs"
+else
+    [[ -n $secret_id ]] || die_usage "--secret-id is required (or --from-shared-dir)"
+    [[ -n $region ]] || die_usage "--region is required"
+    check_secret_id "$secret_id"
+    check_region "$region"
+fi
+case $version_stage in
+    AWSCURRENT | AWSPENDING | AWSPREVIOUS) ;;
+    *) die_usage "invalid --version-stage: must be AWSCURRENT, AWSPENDING or AWSPREVIOUS" ;;
+esac
+[[ -n $expect_sha ]] || die_usage "--expect-sha256 is required"
+[[ -n $backup_id ]] || die_usage "--backup-id is required"
+check_sha256 --expect-sha256 "$expect_sha"
+check_backup_id "$backup_id"
+check_seconds --deadline "$deadline_seconds" 3600
+units_to_restart=()
+if [[ $restart_given == true ]]; then
+    [[ $restart_list =~ ^[a-z]+(,[a-z]+)*$ ]] || die_usage "invalid --restart: a comma-separated list of slurmdbd, slurmctld, slurmd"
+    IFS=, read -r -a requested <<<"$restart_list"
+    for unit in "${requested[@]}"; do
+        case $unit in
+            slurmdbd | slurmctld | slurmd) ;;
+            *) die_usage "invalid --restart: $unit is not one of slurmdbd, slurmctld, slurmd" ;;
+        esac
+    done
+    for unit in slurmdbd slurmctld slurmd; do
+        case ",$restart_list," in *",$unit,"*) units_to_restart+=("$unit") ;; esac
+    done
+fi
+check_path_settings
+
+# --- fetch the key into a private temp dir and check it before anything changes
+make_private_tmpdir
+key="$PRIVATE_TMPDIR/munge.key"
+if [[ $from_shared_dir == true ]]; then
+    source_kind=shared-dir
+    source_file=""
+    for dir in ${SHARED_DIRS[@]+"${SHARED_DIRS[@]}"}; do
+        if [[ -f $dir/.munge.key ]]; then
+            source_file="$dir/.munge.key"
+            break
+        fi
+    done
+    [[ -n $source_file ]] || die "no shared munge key: none of $SHARED_MUNGE_DIRS holds .munge.key"
+    cat -- "$source_file" >"$key"
+else
+    source_kind=secret
+    encoded="$PRIVATE_TMPDIR/munge.key.b64"
+    if ! aws secretsmanager get-secret-value --secret-id "$secret_id" --region "$region" \
+        --version-stage "$version_stage" --query SecretString --output text >"$encoded" 2>"$PRIVATE_TMPDIR/aws.err"; then
+        die "cannot read $version_stage of the secret: $(grep -v '^$' "$PRIVATE_TMPDIR/aws.err" | tail -n1)"
+    fi
+    if [[ $(wc -l <"$encoded") -gt 1 ]] || ! grep -Eq '^[A-Za-z0-9+/]+={0,2}$' "$encoded"; then
+        die "the secret's $version_stage SecretString is not base64 text (a munge key secret holds base64 of the key)"
+    fi
+    base64 -d <"$encoded" >"$key" 2>/dev/null || die "the secret's $version_stage SecretString does not decode as base64"
+fi
+key_size=$(wc -c <"$key")
+((key_size >= 32 && key_size <= 1024)) || die "the key is $key_size bytes: a munge key must be 32..1024 bytes"
+key_sha=$(sha256_of "$key")
+[[ $key_sha == "$expect_sha" ]] ||
+    die "fingerprint mismatch: the key's sha256 is $key_sha, expected $expect_sha; nothing was changed"
+
+# --- what differs
+previous_sha=$(sha256_of "$MUNGE_KEY_FILE")
+local_changes=false
+[[ $previous_sha == "$expect_sha" ]] || local_changes=true
+shared_targets=()
+if [[ $shared_dirs == true ]]; then
+    for dir in ${SHARED_DIRS[@]+"${SHARED_DIRS[@]}"}; do
+        [[ -d $dir ]] || continue
+        if [[ $(sha256_of "$dir/.munge.key") != "$expect_sha" ]]; then
+            shared_targets+=("$dir/.munge.key")
+        fi
+    done
+fi
+if [[ $local_changes == false && ${#shared_targets[@]} -eq 0 ]]; then
+    result_str sha256 "$expect_sha"
+    result_str_or_null previousSha256 "$previous_sha"
+    result_list restarted
+    result_list sharedFiles
+    result_str source "$source_kind"
+    finish
+fi
+if [[ $local_changes == true ]]; then
+    [[ -d $(dirname -- "$MUNGE_KEY_FILE") ]] || die "$(dirname -- "$MUNGE_KEY_FILE") does not exist: is munge installed?"
+    unit_exists munge || die "this node has no munge unit"
+fi
+
+restarted=()
+touched=()
+munge_touched=false
+# rollback: put back the key files this run changed and restart with the old key (ON_FAILURE hook).
+# shellcheck disable=SC2317 # called through ON_FAILURE
+rollback() {
+    local status=0 unit
+    echo "rolling back: restoring the previous munge key" >&2
+    if ((${#touched[@]} > 0)); then
+        restore_paths "${touched[@]}" || status=1
+    fi
+    if [[ $munge_touched == true ]]; then
+        restart_munge $(($(now) + deadline_seconds)) || status=1
+        for unit in ${units_to_restart[@]+"${units_to_restart[@]}"}; do
+            if unit_exists "$unit" && [[ $(unit_state "$unit") != inactive ]]; then
+                restart_slurm_unit "$unit" $(($(now) + deadline_seconds)) || status=1
+            fi
+        done
+    fi
+    result_bool rolledBack true
+    return "$status"
+}
+
+lock_node
+backup_open "$backup_id"
+ON_FAILURE=rollback
+CHANGED=true
+for target in ${shared_targets[@]+"${shared_targets[@]}"}; do
+    backup_file "$target"
+    touched+=("$target")
+    if [[ -f $target ]]; then
+        read -r mode uid gid <<<"$(file_identity "$target")"
+        write_file_atomically "$key" "$target" "$mode" "$uid:$gid"
+    else
+        write_file_atomically "$key" "$target" 0600 root:root
+    fi
+    echo "wrote the key to $target" >&2
+done
+if [[ $local_changes == true ]]; then
+    backup_file "$MUNGE_KEY_FILE"
+    touched+=("$MUNGE_KEY_FILE")
+    munge_touched=true
+    write_file_atomically "$key" "$MUNGE_KEY_FILE" 0400 munge
+    echo "wrote the key to $MUNGE_KEY_FILE; restarting munge" >&2
+    restarted+=(munge)
+    restart_munge $(($(now) + deadline_seconds)) || die "munge did not come back with the new key"
+    for unit in ${units_to_restart[@]+"${units_to_restart[@]}"}; do
+        unit_exists "$unit" || continue
+        state=$(unit_state "$unit")
+        if [[ $state == inactive ]]; then
+            echo "not restarting $unit: it is stopped on purpose (state inactive)" >&2
+            continue
+        fi
+        restarted+=("$unit")
+        restart_slurm_unit "$unit" $(($(now) + deadline_seconds)) || die "$unit did not come back after the key change"
+    done
+fi
+
+result_str sha256 "$expect_sha"
+result_str_or_null previousSha256 "$previous_sha"
+result_list restarted ${restarted[@]+"${restarted[@]}"}
+result_list sharedFiles ${shared_targets[@]+"${shared_targets[@]}"}
+result_str source "$source_kind"
+finish

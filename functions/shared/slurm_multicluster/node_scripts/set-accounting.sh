@@ -1,0 +1,213 @@
+#!/usr/bin/env bash
+# set-accounting.sh: point this head node's slurmctld at a (shared) slurmdbd.
+#
+# Usage: set-accounting.sh --host HOST --port PORT --backup-id ID [--stop-local-slurmdbd] [--deadline SECONDS]
+#   --host HOST              the slurmdbd host: a host name or an IPv4 address
+#   --port PORT              its DbdPort, 1..65535
+#   --backup-id ID           backup name (the workflow's execution name), see restore-backup.sh
+#   --stop-local-slurmdbd    afterwards stop and disable this node's own slurmdbd, if it runs
+#                            (recorded in the backup: restore-backup.sh enables and starts it again)
+#   --deadline SECONDS       how long slurmctld gets to answer `scontrol ping` after its restart (default 120)
+#
+# Sets AccountingStorageType=accounting_storage/slurmdbd, AccountingStorageHost=HOST and
+# AccountingStoragePort=PORT in the file that already sets AccountingStorageType (normally
+# slurm_parallelcluster.conf; see discover-slurm.sh), replacing those lines in place or appending them, and
+# leaves every other byte as it was. Refuses when another file of the slurm.conf include tree also sets
+# one of the three keys. Backs the file up first, writes it atomically, restarts slurmctld and waits for
+# `scontrol ping` to say UP and `scontrol show config` to show the new values; if that does not happen
+# before the deadline, puts the file back, restarts slurmctld again and fails.
+# Nothing to change (file and live values already right) -> "changed": false and no restart.
+# Last stdout line, one JSON object: ok, changed, file, restarted (list), stoppedSlurmdbd [, rolledBack, error].
+# Exit status: 0 done, 1 failed (rolled back), 2 invalid input (nothing changed).
+# Environment: SLURM_ETC (/opt/slurm/etc), BACKUP_ROOT (/var/lib/slurm-multicluster/backups).
+set -euo pipefail
+# shellcheck source=common.sh
+. "$(dirname "$0")/common.sh"
+
+host=""
+port=""
+backup_id=""
+stop_local_slurmdbd=false
+deadline_seconds=120
+while (($#)); do
+    case $1 in
+        --host) require_value "$@"; host=$2; shift 2 ;;
+        --port) require_value "$@"; port=$2; shift 2 ;;
+        --backup-id) require_value "$@"; backup_id=$2; shift 2 ;;
+        --deadline) require_value "$@"; deadline_seconds=$2; shift 2 ;;
+        --stop-local-slurmdbd) stop_local_slurmdbd=true; shift ;;
+        -h | --help) show_help ;;
+        *) die_usage "unknown argument '$(sanitize "$1")'" ;;
+    esac
+done
+[[ -n $host ]] || die_usage "--host is required"
+[[ -n $port ]] || die_usage "--port is required"
+[[ -n $backup_id ]] || die_usage "--backup-id is required"
+check_host "$host"
+check_port "$port"
+check_backup_id "$backup_id"
+check_seconds --deadline "$deadline_seconds" 3600
+check_path_settings
+
+TYPE_LINE="AccountingStorageType=accounting_storage/slurmdbd"
+HOST_LINE="AccountingStorageHost=$host"
+PORT_LINE="AccountingStoragePort=$port"
+restarted=()
+stopped_slurmdbd=false
+slurmctld_restarted=false
+
+# is_this_node HOST: HOST names or addresses this node (stopping our slurmdbd would then cut accounting).
+is_this_node() {
+    local name
+    for name in localhost 127.0.0.1 "$(hostname 2>/dev/null)" "$(hostname -s 2>/dev/null)" \
+        "$(hostname -f 2>/dev/null)" $(hostname -I 2>/dev/null); do
+        [[ -n $name && ${1,,} == "${name,,}" ]] && return 0
+    done
+    return 1
+}
+
+# live_accounting_matches: slurmctld answers and runs with the wanted accounting values.
+live_accounting_matches() {
+    local live
+    live=$(timeout 20 scontrol show config 2>/dev/null) || return 1
+    [[ $(scontrol_config_value AccountingStorageType "$live") == accounting_storage/slurmdbd &&
+        $(scontrol_config_value AccountingStorageHost "$live") == "$host" &&
+        $(scontrol_config_value AccountingStoragePort "$live") == "$port" ]]
+}
+
+# wait_live_accounting DEADLINE: poll until the live values match.
+wait_live_accounting() {
+    while ! live_accounting_matches; do
+        (($(now) < $1)) || return 1
+        sleep "$POLL_INTERVAL"
+    done
+}
+
+# rollback: undo this execution's accounting change (ON_FAILURE hook).
+# shellcheck disable=SC2317 # called through ON_FAILURE
+rollback() {
+    local status=0
+    echo "rolling back the accounting change" >&2
+    RESTORED_PATHS=()
+    if manifest_has "$accounting_file" || manifest_has "absent:$accounting_file"; then
+        restore_paths "$accounting_file" || status=1
+    fi
+    if [[ $stopped_slurmdbd == true ]]; then
+        if manifest_has disabled:slurmdbd; then
+            systemctl enable slurmdbd >&2 || status=1
+        fi
+        start_unit slurmdbd || status=1
+    fi
+    if [[ $slurmctld_restarted == true || ${#RESTORED_PATHS[@]} -gt 0 ]]; then
+        restart_slurm_unit slurmctld $(($(now) + deadline_seconds)) || status=1
+    fi
+    result_bool rolledBack true
+    return "$status"
+}
+
+slurm_conf="$SLURM_ETC/slurm.conf"
+[[ -f $slurm_conf ]] || die "no slurm.conf at $slurm_conf"
+unit_exists slurmctld || die "this node has no slurmctld unit: run set-accounting.sh on the head node"
+if [[ $stop_local_slurmdbd == true ]] && is_this_node "$host"; then
+    die "--host $host is this node: refusing to stop the slurmdbd that accounting would point at"
+fi
+lock_node
+
+mapfile -t conf_files < <(slurm_conf_tree)
+accounting_file=$(accounting_file_for "${conf_files[@]}")
+for key in AccountingStorageType AccountingStorageHost AccountingStoragePort; do
+    while IFS= read -r file; do
+        if [[ -n $file && $file != "$accounting_file" ]]; then
+            die "$key is also set in $file: refusing to edit $accounting_file while another file overrides it"
+        fi
+    done < <(conf_files_defining "$key" "${conf_files[@]}")
+done
+[[ ! -L $accounting_file ]] || die "refusing to edit $accounting_file: it is a symbolic link"
+if [[ -f $accounting_file ]] && grep -Eiq \
+    '^[[:space:]]*AccountingStorage(Type|Host|Port)[[:space:]]*=.*[[:space:]][A-Za-z]+[[:space:]]*=' "$accounting_file"; then
+    die "$accounting_file sets an AccountingStorage key on a line with other settings: edit it by hand"
+fi
+
+make_private_tmpdir
+new_file="$PRIVATE_TMPDIR/accounting.conf"
+if [[ -f $accounting_file ]]; then
+    missing=0
+    for key in AccountingStorageType AccountingStorageHost AccountingStoragePort; do
+        grep -Eiq "^[[:space:]]*${key}[[:space:]]*=" "$accounting_file" || missing=$((missing + 1))
+    done
+    # replace the three lines where they are; append the ones that are missing
+    awk -v type="$TYPE_LINE" -v host="$HOST_LINE" -v port="$PORT_LINE" '
+        {
+            l = tolower($0)
+            if (l ~ /^[ \t]*accountingstoragetype[ \t]*=/) { print type; t = 1; next }
+            if (l ~ /^[ \t]*accountingstoragehost[ \t]*=/) { print host; h = 1; next }
+            if (l ~ /^[ \t]*accountingstorageport[ \t]*=/) { print port; p = 1; next }
+            print
+        }
+        END {
+            if (!t || !h || !p) print "# Slurm multi-cluster accounting (set-accounting.sh)"
+            if (!t) print type
+            if (!h) print host
+            if (!p) print port
+        }' "$accounting_file" >"$new_file"
+    # awk ends every line with a newline: keep a missing final newline missing when nothing was appended
+    if ((missing == 0)) && [[ -n $(tail -c1 "$accounting_file") ]]; then
+        truncate -s -1 "$new_file"
+    fi
+else
+    printf '%s\n' "# Slurm multi-cluster accounting (set-accounting.sh)" "$TYPE_LINE" "$HOST_LINE" "$PORT_LINE" >"$new_file"
+fi
+
+file_changes=true
+if [[ -f $accounting_file ]] && cmp -s "$new_file" "$accounting_file"; then
+    file_changes=false
+fi
+restart_needed=$file_changes
+if [[ $file_changes == false ]] && unit_active slurmctld && ! live_accounting_matches; then
+    echo "$accounting_file is already right but slurmctld runs with other accounting values" >&2
+    restart_needed=true
+fi
+
+backup_open "$backup_id"
+ON_FAILURE=rollback
+if [[ $file_changes == true ]]; then
+    backup_file "$accounting_file"
+    if [[ -f $accounting_file ]]; then
+        read -r mode uid gid <<<"$(file_identity "$accounting_file")"
+        write_file_atomically "$new_file" "$accounting_file" "$mode" "$uid:$gid"
+    else
+        write_file_atomically "$new_file" "$accounting_file" 0644
+    fi
+    CHANGED=true
+    echo "updated $accounting_file" >&2
+fi
+
+if [[ $restart_needed == true ]]; then
+    CHANGED=true
+    deadline=$(($(now) + deadline_seconds))
+    restarted+=(slurmctld)
+    slurmctld_restarted=true
+    restart_unit slurmctld || die "systemctl restart slurmctld failed"
+    wait_slurmctld_up "$deadline" || die "slurmctld did not answer scontrol ping with UP within ${deadline_seconds}s"
+    wait_live_accounting "$deadline" ||
+        die "slurmctld is up but scontrol show config does not show AccountingStorageHost=$host AccountingStoragePort=$port"
+fi
+
+if [[ $stop_local_slurmdbd == true ]] && unit_exists slurmdbd && unit_active slurmdbd; then
+    manifest_add stopped:slurmdbd
+    if systemctl is-enabled --quiet slurmdbd 2>/dev/null; then
+        manifest_add disabled:slurmdbd
+    fi
+    stopped_slurmdbd=true
+    CHANGED=true
+    stop_unit slurmdbd || die "systemctl stop slurmdbd failed"
+    if manifest_has disabled:slurmdbd; then
+        systemctl disable slurmdbd >&2 || die "systemctl disable slurmdbd failed"
+    fi
+    echo "stopped and disabled the local slurmdbd" >&2
+fi
+
+result_str file "$accounting_file"
+result_list restarted ${restarted[@]+"${restarted[@]}"}
+result_bool stoppedSlurmdbd "$stopped_slurmdbd"
+finish
