@@ -145,6 +145,7 @@ def lab_cloud(
         }))
         aws.client.cache_clear()
         stack.callback(aws.client.cache_clear)
+        requests.post(f"{endpoint}/moto-api/reset", timeout=10).raise_for_status()  # backends are per process
         requests.post(f"{endpoint}/moto-api/config", json=cloud.MOTO_CONFIG, timeout=10).raise_for_status()
         extra_regions = sorted({r for r in (cluster_regions or {}).values() if r != region})
         deployment = cloud.deploy(region, {"FederationRegions": ",".join(extra_regions), **(parameters or {})})

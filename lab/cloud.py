@@ -213,6 +213,8 @@ def real_lambda_handlers(deployment: Deployment) -> Iterator[None]:
     from moto.awslambda_simple.models import LambdaSimpleBackend
 
     os.environ.setdefault("POWERTOOLS_TRACE_DISABLED", "true")
+    with _handlers_lock:
+        _handlers.clear()  # fresh modules per deployment: their module-level clients captured the old endpoint
     original = LambdaSimpleBackend.invoke
 
     def invoke(self: Any, function_name: str, qualifier: str | None, body: Any, headers: Any, response_headers: Any) -> bytes:
