@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import threading
@@ -70,6 +71,7 @@ def _moto_server(lab: Lab) -> Iterator[str]:
     from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
     from werkzeug.serving import make_server
 
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # otherwise one line per moto request
     port = _free_port()
     local = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     local.start()

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import logging
 import re
 import sys
 import time
@@ -88,7 +87,6 @@ def demo(keep: bool) -> int:
         }
         say("3. deploy template.yaml into moto; mirror the clusters as ParallelCluster stacks")
         say("   Lambda logs", str(LOG_FILE))
-        logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per moto request otherwise
         with LOG_FILE.open("w") as log, contextlib.redirect_stdout(log), lab_cloud(lab, tags) as aws:
             say("4. CloudFormation: stack beta CREATE_COMPLETE -> EventBridge rule -> pairing state machine")
             result = aws.run(aws.event_for("beta"), on_event=print_state)

@@ -7,7 +7,6 @@ import base64
 import contextlib
 import io
 import json
-import logging
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -72,7 +71,6 @@ class Pairing:
 
 def run_logged(cloud: LabCloud, execution_input: dict[str, Any], **kwargs: Any) -> tuple[dict[str, Any], str]:
     """Run the workflow with the Lambdas' log lines captured (for the secret scan, not for printing)."""
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
     buffer = io.StringIO()
     with contextlib.redirect_stdout(buffer):
         result = cloud.run(execution_input, **kwargs)
@@ -284,3 +282,17 @@ def test_unreachable_accounting_slurmdbd_fails_clearly_before_changing_anything(
         assert "slurmdbd" in result["cause"]
         assert our_rules() == []
     assert sha256(lab, "beta-head", KEY) == keys
+
+
+def test_member_in_another_region_is_paired_through_ip_rules(two_clusters):
+    lab = two_clusters
+    with lab_cloud(lab, {"alpha": ALPHA_TAGS, "beta": BETA_TAGS}, cluster_regions={"beta": "eu-west-1"}) as cloud:
+        result, _ = run_logged(cloud, cloud.event_for("beta"))
+        assert result["status"] == "SUCCEEDED", result.get("cause")
+        on_alpha, on_beta = our_rules("us-east-1"), our_rules("eu-west-1")
+        # Security group references do not cross regions: each side admits the peer head node's /32.
+        assert {r["CidrIpv4"] for r in on_alpha} == {f"{lab.head('beta').ip}/32"}
+        assert {r["CidrIpv4"] for r in on_beta} == {f"{lab.head('alpha').ip}/32"}
+        assert not any(r.get("ReferencedGroupInfo") for r in on_alpha + on_beta)
+    job = submit(lab, "alpha-head", "--clusters=beta", "--wrap", "hostname")
+    assert wait_job_completed_on(lab, "alpha-head", "beta", job)["NodeList"] == "beta-compute-1"

@@ -12,6 +12,7 @@ class Settings(BaseModel):
     federation_tag_key: str = "slurm-multicluster:federation"
     role_tag_key: str = "slurm-multicluster:role"
     accounting_role: str = "accounting"
+    deployment_region: str = ""
     federation_regions: list[str] = Field(default_factory=list)
     secret_name_prefix: str = "slurm-multicluster"
     idempotency_table: str = ""
@@ -19,9 +20,9 @@ class Settings(BaseModel):
     verify_deadline_seconds: int = 120
     stop_member_slurmdbd: bool = True
 
-    def regions_to_search(self, home_region: str) -> list[str]:
-        """The regions whose stacks can be federation members (the home region always included)."""
-        regions = [home_region, *self.federation_regions]
+    def regions_to_search(self, cluster_region: str) -> list[str]:
+        """The regions whose stacks can be federation members: the cluster's, this deployment's, the listed ones."""
+        regions = [cluster_region, self.deployment_region, *self.federation_regions]
         return list(dict.fromkeys(r for r in regions if r))
 
     def munge_key_secret_name(self, federation: str) -> str:
@@ -35,6 +36,7 @@ def settings() -> Settings:
     return Settings(
         federation_tag_key=env.get("FEDERATION_TAG_KEY", "slurm-multicluster:federation"),
         role_tag_key=env.get("ROLE_TAG_KEY", "slurm-multicluster:role"),
+        deployment_region=env.get("AWS_REGION", ""),
         federation_regions=[r.strip() for r in env.get("FEDERATION_REGIONS", "").split(",") if r.strip()],
         secret_name_prefix=env.get("SECRET_NAME_PREFIX", "slurm-multicluster"),
         idempotency_table=env.get("IDEMPOTENCY_TABLE", ""),
