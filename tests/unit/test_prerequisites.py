@@ -1,0 +1,44 @@
+"""CheckPrerequisites: each failure tells the admin what to fix, and nothing is planned past it."""
+
+from __future__ import annotations
+
+import pytest
+
+from slurm_multicluster.errors import PrerequisiteFailed
+from slurm_multicluster.models import HeadNode, Member, PairingRequest, SlurmSettings
+from slurm_multicluster.pairing import check_prerequisites
+
+REQUEST = PairingRequest(action="pair", stack_name="beta", region="us-east-1", trigger="manual", execution_name="e1")
+
+
+def _member(name, accounting=False, version="23.11.10", dbd_version=None, slurm_name=None, dbd_active=True):
+    return Member(
+        cluster_name=name, stack_id=f"arn:{name}", region="us-east-1", federation="hpc", is_accounting=accounting,
+        head_node=HeadNode(instance_id="i-0123456789abcdef0", private_ip="10.0.0.1", security_group_ids=["sg-0123456789abcdef0"], vpc_id="vpc-1"),
+        slurm=SlurmSettings(cluster_name=slurm_name or name, slurmctld_port="6820-6829", slurm_version=version,
+                            slurmdbd_version=dbd_version if accounting else None, dbd_port=6819 if accounting else None,
+                            slurmdbd_active=accounting and dbd_active, munge_key_sha256="a" * 64),
+    )
+
+
+def test_a_healthy_federation_passes_every_check():
+    passed = check_prerequisites(REQUEST, [_member("alpha", accounting=True, dbd_version="23.11.10"), _member("beta")])
+    assert any("accounting cluster: alpha" in line for line in passed)
+
+
+@pytest.mark.parametrize("members, says", [
+    ([_member("beta")], "exactly one cluster tagged as accounting, found: none"),
+    ([_member("alpha", True, dbd_version="23.11.10"), _member("gamma", True, dbd_version="23.11.10"), _member("beta")],
+     "found: alpha, gamma"),
+    ([_member("alpha", True, version="23.02.7", dbd_version="23.02.7"), _member("beta", version="23.11.10")],
+     "slurmdbd must be at least as new"),
+    ([_member("alpha", True, dbd_version="23.11.10"), _member("beta", slurm_name="alpha")],
+     "ClusterName alpha is already used"),
+    ([_member("alpha", True, dbd_version="23.11.10", dbd_active=False), _member("beta")],
+     "runs no active slurmdbd"),
+    ([_member("alpha", True, dbd_version="23.11.10"), _member("beta", slurm_name="b" * 41)],
+     "longer than 40 characters"),
+])
+def test_each_broken_prerequisite_is_named(members, says):
+    with pytest.raises(PrerequisiteFailed, match=says):
+        check_prerequisites(REQUEST, members)
