@@ -8,6 +8,7 @@
 #       SLURM_ETC=/opt/slurm/etc  MUNGE_KEY_FILE=/etc/munge/munge.key
 #       SHARED_MUNGE_DIRS="/opt/parallelcluster/shared/.munge /opt/parallelcluster/shared_login_nodes/.munge"
 #       BACKUP_ROOT=/var/lib/slurm-multicluster/backups  MUNGE_SOCKET= (empty: munge's default socket)
+#       STAGING_ROOT=<BACKUP_ROOT's parent>/staged (keys staged by a rotation, not yet in use)
 #   - the JSON result line (result_* to add fields, finish / die / die_usage to print it and exit)
 #   - strict value checks (check_* helpers, regexes below)
 #   - backups: backup_open, backup_file, manifest, restore_paths
@@ -20,6 +21,9 @@ MUNGE_KEY_FILE="${MUNGE_KEY_FILE:-/etc/munge/munge.key}"
 SHARED_MUNGE_DIRS="${SHARED_MUNGE_DIRS-/opt/parallelcluster/shared/.munge /opt/parallelcluster/shared_login_nodes/.munge}"
 SHARED_MUNGE_KEY_NAME=".munge.key"
 BACKUP_ROOT="${BACKUP_ROOT:-/var/lib/slurm-multicluster/backups}"
+STAGING_ROOT="${STAGING_ROOT:-${BACKUP_ROOT%/*}/staged}"
+# Name of a staged (pending) key inside a shared munge dir, next to SHARED_MUNGE_KEY_NAME.
+SHARED_PENDING_KEY_NAME=".munge.key.pending"
 MUNGE_SOCKET="${MUNGE_SOCKET:-}"
 SHARED_DIRS=() # SHARED_MUNGE_DIRS as an array, set by check_path_settings
 PATH="/opt/slurm/bin:/opt/slurm/sbin:${PATH:-/usr/local/bin:/usr/bin:/bin:/usr/local/sbin:/usr/sbin:/sbin}"
@@ -294,6 +298,7 @@ check_path_settings() {
     check_path_setting SLURM_ETC "$SLURM_ETC"
     check_path_setting MUNGE_KEY_FILE "$MUNGE_KEY_FILE"
     check_path_setting BACKUP_ROOT "$BACKUP_ROOT"
+    check_path_setting STAGING_ROOT "$STAGING_ROOT"
     if [[ -n $MUNGE_SOCKET ]]; then
         check_path_setting MUNGE_SOCKET "$MUNGE_SOCKET"
     fi
@@ -347,6 +352,42 @@ write_file_atomically() {
     fi
     chmod "$mode" -- "$tmp"
     mv -f -- "$tmp" "$dest"
+}
+
+# ---------------------------------------------------------------- munge keys in Secrets Manager
+
+# read_secret_key SECRET_ID REGION SELECTOR VALUE DEST: decode one version of a munge key secret (base64
+# SecretString, ParallelCluster's MungeKeySecretArn format) into DEST. SELECTOR is --version-stage or
+# --version-id. Returns 1 with a message on stderr when the version cannot be read or is not base64;
+# returns 3 when that version does not exist. Key bytes only ever go to files under PRIVATE_TMPDIR.
+read_secret_key() {
+    local secret_id=$1 region=$2 selector=$3 value=$4 dest=$5 encoded err
+    encoded="$PRIVATE_TMPDIR/read.b64"
+    err="$PRIVATE_TMPDIR/read.err"
+    if ! aws secretsmanager get-secret-value --secret-id "$secret_id" --region "$region" "$selector" "$value" \
+        --query SecretString --output text >"$encoded" 2>"$err"; then
+        if grep -q "can't find the specified secret value" "$err"; then
+            rm -f -- "$encoded"
+            return 3
+        fi
+        echo "error: cannot read $value of the secret: $(grep -v '^$' "$err" | tail -n1)" >&2
+        rm -f -- "$encoded"
+        return 1
+    fi
+    if [[ $(wc -l <"$encoded") -gt 1 ]] || ! grep -Eq '^[A-Za-z0-9+/]+={0,2}$' "$encoded" ||
+        ! base64 -d <"$encoded" >"$dest" 2>/dev/null; then
+        echo "error: $value of the secret is not base64 text (a munge key secret holds base64 of the key)" >&2
+        rm -f -- "$encoded"
+        return 1
+    fi
+    rm -f -- "$encoded"
+}
+
+# key_size_ok FILE: a munge key of 32..1024 bytes.
+key_size_ok() {
+    local size
+    size=$(wc -c <"$1")
+    ((size >= 32 && size <= 1024))
 }
 
 # ---------------------------------------------------------------- node lock and backups

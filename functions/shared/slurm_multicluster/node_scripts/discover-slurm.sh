@@ -15,7 +15,7 @@
 #   mungeVersion, mungeKeySha256 (fingerprint only, never key bytes), configSource.
 # Environment: SLURM_ETC (/opt/slurm/etc), MUNGE_KEY_FILE (/etc/munge/munge.key).
 set -euo pipefail
-# shellcheck source=common.sh
+# shellcheck source-path=SCRIPTDIR source=common.sh
 . "$(dirname "$0")/common.sh"
 
 while (($#)); do

@@ -6,11 +6,16 @@
 #                            [--restart UNIT[,UNIT...]] [--deadline SECONDS]
 # Usage (compute/login): install-munge-key.sh --from-shared-dir --expect-sha256 HEX --backup-id ID
 #                            [--restart UNIT[,UNIT...]] [--deadline SECONDS]
+# Usage (rotation):      install-munge-key.sh --from-staged --expect-sha256 HEX --backup-id ID [--shared-dirs]
+#                            [--restart UNIT[,UNIT...]] [--deadline SECONDS]
 #   --secret-id ID         the federation secret (name or ARN): SecretString = base64 of the key
 #   --region REGION        the secret's region
 #   --version-stage STAGE  which version to install (default AWSCURRENT)
 #   --from-shared-dir      take the key from the head node's NFS-shared copy (the first existing
 #                          <dir>/.munge.key of SHARED_MUNGE_DIRS), as ParallelCluster compute nodes do
+#   --from-staged          take the key stage-munge-key.sh staged on this node under the same --backup-id
+#                          ($STAGING_ROOT/ID/munge.key): a switch that needs no network; afterwards the
+#                          staged copies (and with --shared-dirs the shared .munge.key.pending) are removed
 #   --expect-sha256 HEX    the key's sha256 fingerprint; any other key is refused and nothing changes
 #   --backup-id ID         backup name (the workflow's execution name), see restore-backup.sh
 #   --shared-dirs          also write <dir>/.munge.key into each existing dir of SHARED_MUNGE_DIRS, where
@@ -26,17 +31,19 @@
 # (slurmctld: until `scontrol ping` says UP). On a failure after a change: restore the backup, restart
 # again, fail. Key bytes only ever live in a 0700 temp dir; output carries fingerprints only.
 # Last stdout line, one JSON object: ok, changed, sha256, previousSha256, restarted (units, munge first), sharedFiles
-# (list of shared copies written), source ("secret" or "shared-dir") [, rolledBack, error].
+# (list of shared copies written), source ("secret", "shared-dir" or "staged"), with --from-staged unstaged
+# (the staged copies removed) [, rolledBack, error].
 # Exit status: 0 done, 1 failed (rolled back), 2 invalid input (nothing changed).
 # Environment: MUNGE_KEY_FILE, SHARED_MUNGE_DIRS, BACKUP_ROOT, MUNGE_SOCKET (see common.sh).
 set -euo pipefail
-# shellcheck source=common.sh
+# shellcheck source-path=SCRIPTDIR source=common.sh
 . "$(dirname "$0")/common.sh"
 
 secret_id=""
 region=""
 version_stage=AWSCURRENT
 from_shared_dir=false
+from_staged=false
 expect_sha=""
 backup_id=""
 shared_dirs=false
@@ -49,6 +56,7 @@ while (($#)); do
         --region) require_value "$@"; region=$2; shift 2 ;;
         --version-stage) require_value "$@"; version_stage=$2; shift 2 ;;
         --from-shared-dir) from_shared_dir=true; shift ;;
+        --from-staged) from_staged=true; shift ;;
         --expect-sha256) require_value "$@"; expect_sha=$2; shift 2 ;;
         --backup-id) require_value "$@"; backup_id=$2; shift 2 ;;
         --shared-dirs) shared_dirs=true; shift ;;
@@ -58,11 +66,14 @@ while (($#)); do
         *) die_usage "unknown argument '$(sanitize "$1")'" ;;
     esac
 done
-if [[ $from_shared_dir == true ]]; then
+if [[ $from_staged == true ]]; then
+    [[ -z $secret_id && -z $region ]] || die_usage "--from-staged excludes --secret-id and --region"
+    [[ $from_shared_dir == false ]] || die_usage "--from-staged excludes --from-shared-dir"
+elif [[ $from_shared_dir == true ]]; then
     [[ -z $secret_id && -z $region ]] || die_usage "--from-shared-dir excludes --secret-id and --region"
     [[ $shared_dirs == false ]] || die_usage "--from-shared-dir excludes --shared-dirs"
 else
-    [[ -n $secret_id ]] || die_usage "--secret-id is required (or --from-shared-dir)"
+    [[ -n $secret_id ]] || die_usage "--secret-id is required (or --from-shared-dir or --from-staged)"
     [[ -n $region ]] || die_usage "--region is required"
     check_secret_id "$secret_id"
     check_region "$region"
@@ -95,7 +106,40 @@ check_path_settings
 # --- fetch the key into a private temp dir and check it before anything changes
 make_private_tmpdir
 key="$PRIVATE_TMPDIR/munge.key"
-if [[ $from_shared_dir == true ]]; then
+staged_file="$STAGING_ROOT/$backup_id/munge.key"
+# staged_copies: the staged files a --from-staged switch removes once the key is in use.
+staged_copies() {
+    [[ $from_staged == true ]] || return 0
+    [[ ! -e $staged_file ]] || printf '%s\n' "$staged_file"
+    if [[ $shared_dirs == true ]]; then
+        for dir in ${SHARED_DIRS[@]+"${SHARED_DIRS[@]}"}; do
+            [[ ! -e $dir/$SHARED_PENDING_KEY_NAME ]] || printf '%s\n' "$dir/$SHARED_PENDING_KEY_NAME"
+        done
+    fi
+}
+unstaged=()
+# unstage: remove the staged copies (the key they hold is the one now in use).
+unstage() {
+    local path
+    while IFS= read -r path; do
+        [[ -n $path ]] || continue
+        rm -f -- "$path"
+        unstaged+=("$path")
+        CHANGED=true
+    done < <(staged_copies)
+    [[ $from_staged != true ]] || rmdir -- "$STAGING_ROOT/$backup_id" 2>/dev/null || true
+}
+if [[ $from_staged == true ]]; then
+    source_kind=staged
+    if [[ -f $staged_file ]]; then
+        cat -- "$staged_file" >"$key"
+    elif [[ $(sha256_of "$MUNGE_KEY_FILE") == "$expect_sha" ]]; then
+        # a repeated switch: the staged copy was removed when the key went into use
+        cp -- "$MUNGE_KEY_FILE" "$key"
+    else
+        die "nothing staged on this node under backup id $backup_id ($staged_file): run stage-munge-key.sh first"
+    fi
+elif [[ $from_shared_dir == true ]]; then
     source_kind=shared-dir
     source_file=""
     for dir in ${SHARED_DIRS[@]+"${SHARED_DIRS[@]}"}; do
@@ -138,11 +182,13 @@ if [[ $shared_dirs == true ]]; then
     done
 fi
 if [[ $local_changes == false && ${#shared_targets[@]} -eq 0 ]]; then
+    unstage
     result_str sha256 "$expect_sha"
     result_str_or_null previousSha256 "$previous_sha"
     result_list restarted
     result_list sharedFiles
     result_str source "$source_kind"
+    [[ $from_staged != true ]] || result_list unstaged ${unstaged[@]+"${unstaged[@]}"}
     finish
 fi
 if [[ $local_changes == true ]]; then
@@ -208,9 +254,12 @@ if [[ $local_changes == true ]]; then
     done
 fi
 
+ON_FAILURE=""
+unstage
 result_str sha256 "$expect_sha"
 result_str_or_null previousSha256 "$previous_sha"
 result_list restarted ${restarted[@]+"${restarted[@]}"}
 result_list sharedFiles ${shared_targets[@]+"${shared_targets[@]}"}
 result_str source "$source_kind"
+[[ $from_staged != true ]] || result_list unstaged ${unstaged[@]+"${unstaged[@]}"}
 finish

@@ -16,7 +16,7 @@
 # reached is a failure (ok false, exit 1). Exit status 2: invalid input.
 # Environment: MUNGE_SOCKET (munge's default socket when empty).
 set -euo pipefail
-# shellcheck source=common.sh
+# shellcheck source-path=SCRIPTDIR source=common.sh
 . "$(dirname "$0")/common.sh"
 
 mode=""

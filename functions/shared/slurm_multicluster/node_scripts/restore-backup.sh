@@ -16,7 +16,7 @@
 # Exit status: 0 done, 1 failed, 2 invalid input (nothing changed).
 # Environment: BACKUP_ROOT, MUNGE_KEY_FILE, SLURM_ETC, MUNGE_SOCKET (see common.sh).
 set -euo pipefail
-# shellcheck source=common.sh
+# shellcheck source-path=SCRIPTDIR source=common.sh
 . "$(dirname "$0")/common.sh"
 
 backup_id=""

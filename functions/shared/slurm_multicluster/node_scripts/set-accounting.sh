@@ -21,7 +21,7 @@
 # Exit status: 0 done, 1 failed (rolled back), 2 invalid input (nothing changed).
 # Environment: SLURM_ETC (/opt/slurm/etc), BACKUP_ROOT (/var/lib/slurm-multicluster/backups).
 set -euo pipefail
-# shellcheck source=common.sh
+# shellcheck source-path=SCRIPTDIR source=common.sh
 . "$(dirname "$0")/common.sh"
 
 host=""
@@ -168,6 +168,17 @@ if [[ $file_changes == false ]] && unit_active slurmctld && ! live_accounting_ma
     restart_needed=true
 fi
 
+stop_slurmdbd_now=false
+if [[ $stop_local_slurmdbd == true ]] && unit_exists slurmdbd && unit_active slurmdbd; then
+    stop_slurmdbd_now=true
+fi
+if [[ $file_changes == false && $restart_needed == false && $stop_slurmdbd_now == false ]]; then
+    result_str file "$accounting_file"
+    result_list restarted
+    result_bool stoppedSlurmdbd false
+    finish
+fi
+
 backup_open "$backup_id"
 ON_FAILURE=rollback
 if [[ $file_changes == true ]]; then
@@ -193,7 +204,7 @@ if [[ $restart_needed == true ]]; then
         die "slurmctld is up but scontrol show config does not show AccountingStorageHost=$host AccountingStoragePort=$port"
 fi
 
-if [[ $stop_local_slurmdbd == true ]] && unit_exists slurmdbd && unit_active slurmdbd; then
+if [[ $stop_slurmdbd_now == true ]]; then
     manifest_add stopped:slurmdbd
     if systemctl is-enabled --quiet slurmdbd 2>/dev/null; then
         manifest_add disabled:slurmdbd

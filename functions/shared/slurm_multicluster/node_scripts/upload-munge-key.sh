@@ -14,7 +14,7 @@
 # Exit status: 0 done, 1 failed or refused, 2 invalid input (nothing changed).
 # Environment: MUNGE_KEY_FILE (/etc/munge/munge.key); the aws CLI's usual credentials and settings.
 set -euo pipefail
-# shellcheck source=common.sh
+# shellcheck source-path=SCRIPTDIR source=common.sh
 . "$(dirname "$0")/common.sh"
 
 secret_id=""
@@ -61,7 +61,7 @@ read_current() {
 current_sha() {
     local value="$PRIVATE_TMPDIR/current.b64" decoded="$PRIVATE_TMPDIR/current.key"
     [[ -s $current ]] || return 0
-    cut -f2- <"$current" >"$value"
+    cut -f2- <"$current" >"$value" || return 1
     if ! grep -q '[^[:space:]]' "$value"; then
         return 0
     fi

@@ -16,7 +16,7 @@
 # controlPort}}), submit ({peer: bool}), badNodes (["node state", ...]), elapsedSeconds [, error].
 # Exit status: 0 verified, 1 not verified by the deadline, 2 invalid input.
 set -euo pipefail
-# shellcheck source=common.sh
+# shellcheck source-path=SCRIPTDIR source=common.sh
 . "$(dirname "$0")/common.sh"
 
 peers_arg=""
@@ -59,7 +59,7 @@ bounded() {
 }
 
 check_round() {
-    local live line name host port peer node state base
+    local live name host port peer node state base
     problems=()
     if [[ -z $self ]]; then
         live=$(bounded scontrol show config 2>/dev/null) || live=""

@@ -1,0 +1,89 @@
+"""discover-slurm.sh reports the live Slurm settings, the file that holds the accounting lines, and fingerprints."""
+
+from __future__ import annotations
+
+from node_fixture import PC_CONF_WITHOUT_ACCOUNTING, file_sha, new_key, sha256
+
+
+def test_discover_reports_live_values_and_the_parallelcluster_accounting_file(node):
+    before = node.snapshot()
+    result = node.run("discover-slurm.sh")
+    assert result.returncode == 0, result.stderr
+    facts = result.json
+    assert facts["ok"] is True and facts["changed"] is False
+    assert facts["clusterName"] == "alpha"
+    assert facts["slurmctldHost"] == "ip-10-0-0-10"
+    assert facts["slurmctldAddr"] == "10.0.0.10"
+    assert facts["slurmctldPort"] == "6820-6829"
+    assert facts["accountingStorageType"] == "accounting_storage/slurmdbd"
+    assert facts["accountingStorageHost"] == "ip-10-0-0-10"
+    assert facts["accountingStoragePort"] == 6819
+    assert facts["accountingFile"] == str(node.etc / "slurm_parallelcluster.conf")
+    assert facts["accountingDefinedIn"] == [str(node.etc / "slurm_parallelcluster.conf")]
+    assert facts["dbdPort"] == 6819  # from the file slurmdbd.conf includes
+    assert facts["slurmdbdUnit"] is True and facts["slurmdbdActive"] is True
+    assert facts["slurmctldActive"] is True and facts["mungeActive"] is True
+    assert facts["slurmVersion"] == "22.05.8"
+    assert facts["slurmdbdVersion"] == "22.05.8"
+    assert facts["mungeVersion"] == "0.5.15"
+    assert facts["mungeKeySha256"] == file_sha(node.key_file)
+    assert facts["configSource"] == "scontrol"
+    assert node.snapshot() == before
+    assert node.systemctl_actions() == []
+
+
+def test_discover_without_accounting_points_at_slurm_parallelcluster_conf(make_node):
+    node = make_node(pc_conf=PC_CONF_WITHOUT_ACCOUNTING)
+    (node.etc / "slurmdbd.conf").unlink()
+    node.remove_unit("slurmdbd")
+    facts = node.run("discover-slurm.sh").json
+    assert facts["accountingStorageType"] == "accounting_storage/none"
+    assert facts["accountingStoragePort"] is None
+    assert facts["accountingFile"] == str(node.etc / "slurm_parallelcluster.conf")
+    assert facts["accountingDefinedIn"] == []
+    assert facts["dbdPort"] is None
+    assert facts["slurmdbdUnit"] is False and facts["slurmdbdActive"] is False
+    assert facts["slurmdbdVersion"] is None
+
+
+def test_discover_finds_accounting_set_in_the_custom_settings_include(make_node):
+    node = make_node(pc_conf=PC_CONF_WITHOUT_ACCOUNTING)
+    custom = node.etc / "pcluster/custom_slurm_settings_include_file_slurm.conf"
+    custom.write_text("accountingstoragetype = accounting_storage/slurmdbd\nAccountingStorageHost=dbd.example\n")
+    facts = node.run("discover-slurm.sh").json
+    assert facts["accountingFile"] == str(custom)
+    assert facts["accountingDefinedIn"] == [str(custom)]
+
+
+def test_discover_uses_slurm_conf_when_it_includes_no_parallelcluster_file(node):
+    (node.etc / "slurm.conf").write_text("ClusterName=plain\nSlurmctldHost=head\n")
+    facts = node.run("discover-slurm.sh").json
+    assert facts["accountingFile"] == str(node.etc / "slurm.conf")
+
+
+def test_discover_reads_the_files_when_slurmctld_is_down(node):
+    node.set_unit("slurmctld", state="failed")
+    result = node.run("discover-slurm.sh")
+    assert result.returncode == 0, result.stderr
+    facts = result.json
+    assert facts["configSource"] == "files"
+    assert facts["slurmctldActive"] is False
+    assert facts["clusterName"] == "alpha"
+    assert facts["slurmctldHost"] == "ip-10-0-0-10"
+    assert facts["accountingStorageHost"] == "ip-10-0-0-10"
+    assert facts["accountingStoragePort"] == 6819
+    assert facts["slurmVersion"] == "22.05.8"  # from scontrol --version
+
+
+def test_discover_reports_the_key_fingerprint_only(make_node):
+    key = new_key(512)
+    node = make_node(key=key)
+    facts = node.run("discover-slurm.sh").json  # Node.run fails the test if any key encoding is printed
+    assert facts["mungeKeySha256"] == sha256(key)
+
+
+def test_discover_without_slurm_conf_fails(node):
+    (node.etc / "slurm.conf").unlink()
+    result = node.run("discover-slurm.sh")
+    assert result.returncode == 1
+    assert result.json["ok"] is False and "slurm.conf" in result.json["error"]
