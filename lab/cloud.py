@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib.util
 import io
 import json
+import logging
 import os
 import sys
 import threading
@@ -31,6 +32,8 @@ REPO = Path(__file__).resolve().parent.parent
 ACCOUNT_ID = "123456789012"
 SSM_OUTPUT_LIMIT = 24000  # GetCommandInvocation truncates stdout/stderr here
 MOTO_CONFIG = {"stepfunctions": {"execute_state_machine": True}, "lambda": {"use_docker": False}}
+# moto logs every failed state at ERROR with its whole parse tree; the execution history says the same, briefly.
+logging.getLogger("moto.stepfunctions.parser").setLevel(logging.CRITICAL)
 LAYER = REPO / "functions" / "shared"  # the SAM layer, /opt/python on Lambda: importable here too
 if str(LAYER) not in sys.path:
     sys.path.insert(0, str(LAYER))
@@ -216,12 +219,13 @@ def real_lambda_handlers(deployment: Deployment) -> Iterator[None]:
     with _handlers_lock:
         _handlers.clear()  # fresh modules per deployment: their module-level clients captured the old endpoint
     original = LambdaSimpleBackend.invoke
+    moto_invoke = getattr(original, "moto_original", original)
 
     def invoke(self: Any, function_name: str, qualifier: str | None, body: Any, headers: Any, response_headers: Any) -> bytes:
         function = self.get_function(function_name, qualifier)
         code_dir = deployment.function_code.get(function.function_name)
         if code_dir is None:
-            return original(self, function_name, qualifier, body, headers, response_headers)
+            return moto_invoke(self, function_name, qualifier, body, headers, response_headers)
         os.environ.update(function.environment_vars)  # all functions share the Globals environment
         event = json.loads(body) if body else {}
         context = LambdaContext(function.function_name, function.function_arn)
@@ -236,6 +240,7 @@ def real_lambda_handlers(deployment: Deployment) -> Iterator[None]:
                 "stackTrace": traceback.format_tb(error.__traceback__),
             }).encode()
 
+    invoke.moto_original = moto_invoke  # type: ignore[attr-defined]
     LambdaSimpleBackend.invoke = invoke
     try:
         yield
@@ -260,14 +265,18 @@ def ssm_runs_on(executor: Executor, routable: Callable[[str], bool]) -> Iterator
     sent: list[dict[str, Any]] = []
     original_response = ssm_models.Command.invocation_response
     original_targets = ssm_models.Command._get_instance_ids_from_targets
+    # moto's own methods, even when another seam is already active (nested labs): the base dict must not
+    # come from an outer executor that does not know this lab's instances.
+    moto_response = getattr(original_response, "moto_original", original_response)
+    moto_targets = getattr(original_targets, "moto_original", original_targets)
 
     def targets(self: Any) -> list[str]:
-        return original_targets(self) if self.targets else []  # moto fans InstanceIds out to every instance
+        return moto_targets(self) if self.targets else []  # moto fans InstanceIds out to every instance
 
     def invocation_response(self: Any, instance_id: str, plugin_name: str) -> dict[str, Any]:
         if not routable(instance_id):
             raise SSMException("InvalidInstanceId", f"Instances [[{instance_id}]] not in a valid state for account")
-        invocation = original_response(self, instance_id, plugin_name)
+        invocation = moto_response(self, instance_id, plugin_name)
         invocation.update(Status="InProgress", StatusDetails="InProgress", ResponseCode=-1)
         text = "\n".join(self.parameters.get("commands", []))
         timeout = int((self.parameters.get("executionTimeout") or ["3600"])[0])
@@ -287,6 +296,8 @@ def ssm_runs_on(executor: Executor, routable: Callable[[str], bool]) -> Iterator
         threading.Thread(target=run, name=f"ssm-{instance_id}", daemon=True).start()
         return invocation
 
+    invocation_response.moto_original = moto_response  # type: ignore[attr-defined]
+    targets.moto_original = moto_targets  # type: ignore[attr-defined]
     ssm_models.Command.invocation_response = invocation_response
     ssm_models.Command._get_instance_ids_from_targets = targets
     try:

@@ -1,0 +1,102 @@
+"""Helpers for the workflow tests on real daemons (shared by the pairing test modules)."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import io
+import json
+import re
+from typing import Any
+
+import boto3
+
+from lab import ClusterSpec, Lab
+from lab.bridge import LabCloud
+from lab.core import DEFAULT_BASE
+from lab_helpers import wait_until
+
+FEDERATION = "hpc"
+ALPHA_TAGS = {"slurm-multicluster:federation": FEDERATION, "slurm-multicluster:role": "accounting"}
+BETA_TAGS = {"slurm-multicluster:federation": FEDERATION}
+KEY = "/etc/munge/munge.key"
+SHARED_KEY = "/opt/parallelcluster/shared/.munge/.munge.key"
+ACCOUNTING_CONF = "/opt/slurm/etc/slurm_parallelcluster.conf"
+
+
+@contextlib.contextmanager
+def fresh_lab(name: str, subnet: str, clusters: list[ClusterSpec]):
+    the_lab = Lab(name, subnet, clusters, root=DEFAULT_BASE / name)
+    the_lab.up()
+    try:
+        yield the_lab
+    finally:
+        the_lab.down()
+
+
+def key_bytes(lab: Lab, node: str, path: str = KEY) -> bytes:
+    """Read a munge key for the secret scan (kept in memory, never printed)."""
+    return base64.b64decode(lab.exec(node, ["base64", "-w0", path], check=True).stdout)
+
+
+def daemon(lab: Lab, node: str, unit: str) -> str:
+    """The running instance of a unit (pid and start time): changes exactly when the daemon restarts."""
+    return lab.exec(node, ["cat", f"/run/lab/{unit}.pid"], check=True).stdout.strip()
+
+
+def our_rules(region: str = "us-east-1") -> list[dict[str, Any]]:
+    ec2 = boto3.client("ec2", region_name=region)
+    return ec2.describe_security_group_rules(
+        Filters=[{"Name": "tag:slurm-multicluster:federation", "Values": [FEDERATION]}])["SecurityGroupRules"]
+
+
+def sacctmgr_clusters(lab: Lab, node: str) -> dict[str, str]:
+    out = lab.exec(node, ["sacctmgr", "-nP", "show", "clusters", "format=cluster,controlhost"], check=True).stdout
+    return dict(line.split("|")[:2] for line in out.splitlines() if line.strip())
+
+
+def run_logged(cloud: LabCloud, execution_input: dict[str, Any], **kwargs: Any) -> tuple[dict[str, Any], str]:
+    """Run the workflow with the Lambdas' log lines captured (for the secret scan, not for printing)."""
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer):
+        result = cloud.run(execution_input, **kwargs)
+    return result, buffer.getvalue()
+
+
+def events_queue(region: str = "us-east-1") -> str:
+    """An SQS queue receiving every event this product publishes (to assert on them)."""
+    sqs = boto3.client("sqs", region_name=region)
+    queue = sqs.create_queue(QueueName="slurm-multicluster-events")["QueueUrl"]
+    arn = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    events = boto3.client("events", region_name=region)
+    events.put_rule(Name="our-events", EventPattern=json.dumps({"source": ["slurm-multicluster"]}))
+    events.put_targets(Rule="our-events", Targets=[{"Id": "queue", "Arn": arn}])
+    return queue
+
+
+def published(queue: str, region: str = "us-east-1") -> list[dict[str, Any]]:
+    sqs = boto3.client("sqs", region_name=region)
+    messages = sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10).get("Messages", [])
+    return [json.loads(m["Body"]) for m in messages]
+
+
+def wait_job_completed_on(lab: Lab, node: str, cluster: str, job_id: int) -> dict[str, str]:
+    def check():
+        out = lab.exec(node, ["scontrol", "-M", cluster, "show", "job", str(job_id), "--oneliner"]).stdout
+        fields = dict(re.findall(r"(\w+)=(\S*)", out))
+        assert fields.get("JobState") not in ("FAILED", "CANCELLED", "NODE_FAIL"), fields
+        return fields if fields.get("JobState") == "COMPLETED" else None
+
+    return wait_until(check, 60, f"job {job_id} on {cluster} COMPLETED")
+
+
+def assert_absent(key: bytes, text: str) -> None:
+    """No 24-byte window of the key, raw, base64 (any alignment) or hex, appears in text."""
+    raw = text.encode("utf-8", "surrogateescape")
+    encoded = base64.b64encode(key).decode()
+    for start in range(0, len(key) - 24, 24):
+        window = key[start:start + 24]
+        assert window not in raw, "raw munge key bytes leaked"
+        assert window.hex() not in text, "hex munge key leaked"
+    for start in range(0, len(encoded) - 32, 32):
+        assert encoded[start:start + 32] not in text, "base64 munge key leaked"

@@ -1,0 +1,90 @@
+"""Pairings that must change nothing or roll back, and pairing across regions (real daemons)."""
+
+from __future__ import annotations
+
+import json
+
+import boto3
+import pytest
+
+from lab import ClusterSpec
+from lab.bridge import lab_cloud
+from lab_helpers import sha256, submit, wait_job_completed
+from pairing_helpers import (
+    ACCOUNTING_CONF, ALPHA_TAGS, BETA_TAGS, KEY, SHARED_KEY, daemon, fresh_lab,
+    our_rules, run_logged, wait_job_completed_on,
+)
+
+pytestmark = pytest.mark.lab
+
+@pytest.fixture
+def two_clusters(lab_host):
+    with fresh_lab("pairfault", "10.250.79.0/24", [ClusterSpec("alpha", accounting=True), ClusterSpec("beta")]) as lab:
+        yield lab
+
+
+def test_dry_run_returns_the_plan_and_changes_nothing(two_clusters):
+    lab = two_clusters
+    keys = (sha256(lab, "beta-head", KEY), sha256(lab, "beta-compute-1", KEY))
+    conf = lab.exec("beta-head", ["cat", ACCOUNTING_CONF]).stdout
+    ctld = daemon(lab, "beta-head", "slurmctld")
+    with lab_cloud(lab, {"alpha": ALPHA_TAGS, "beta": BETA_TAGS}) as cloud:
+        result, _ = run_logged(cloud, {"stackName": "beta", "region": cloud.region, "dryRun": True})
+        assert result["status"] == "SUCCEEDED", result.get("cause")
+        plan = json.loads(result["output"])
+        assert plan["mungeKey"]["installOnHead"] is True
+        assert plan["accounting"]["host"] == lab.head("alpha").ip and plan["accounting"]["change"] is True
+        assert len(plan["ingressRules"]) == 3
+        assert our_rules() == []
+        assert boto3.client("secretsmanager", region_name=cloud.region).list_secrets()["SecretList"] == []
+    assert (sha256(lab, "beta-head", KEY), sha256(lab, "beta-compute-1", KEY)) == keys
+    assert lab.exec("beta-head", ["cat", ACCOUNTING_CONF]).stdout == conf
+    assert daemon(lab, "beta-head", "slurmctld") == ctld
+
+
+def test_failed_verification_rolls_back_rules_config_and_keys(two_clusters):
+    lab = two_clusters
+    keys = {n: sha256(lab, n, KEY) for n in ("beta-head", "beta-compute-1")}
+    shared = sha256(lab, "beta-head", SHARED_KEY)
+    conf = lab.exec("beta-head", ["cat", ACCOUNTING_CONF]).stdout
+    # An admin drained beta's only compute node: verification must not call the pairing healthy.
+    lab.exec("beta-head", ["scontrol", "update", "nodename=beta-compute-1", "state=down", "reason=maintenance"], check=True)
+    with lab_cloud(lab, {"alpha": ALPHA_TAGS, "beta": BETA_TAGS}, parameters={"VerifyDeadlineSeconds": "10"}) as cloud:
+        result, _ = run_logged(cloud, cloud.event_for("beta"))
+        assert result["status"] == "FAILED"
+        assert result["error"] == "VerifyPairingFailed"
+        assert "beta-compute-1" in result["cause"]
+        assert our_rules() == []
+    assert {n: sha256(lab, n, KEY) for n in keys} == keys
+    assert sha256(lab, "beta-head", SHARED_KEY) == shared
+    assert lab.exec("beta-head", ["cat", ACCOUNTING_CONF]).stdout == conf
+    lab.exec("beta-head", ["scontrol", "update", "nodename=beta-compute-1", "state=resume"], check=True)
+    lab.wait_idle(["beta-compute-1"], timeout=60)
+    wait_job_completed(lab, "beta-head", submit(lab, "beta-head", "--wrap", "hostname"), timeout=60)
+
+
+def test_unreachable_accounting_slurmdbd_fails_clearly_before_changing_anything(two_clusters):
+    lab = two_clusters
+    keys = sha256(lab, "beta-head", KEY)
+    lab.systemctl("alpha-head", "stop", "slurmdbd")
+    with lab_cloud(lab, {"alpha": ALPHA_TAGS, "beta": BETA_TAGS}) as cloud:
+        result, _ = run_logged(cloud, cloud.event_for("beta"))
+        assert result["status"] == "FAILED"
+        assert result["error"] == "PrerequisiteFailed"
+        assert "slurmdbd" in result["cause"]
+        assert our_rules() == []
+    assert sha256(lab, "beta-head", KEY) == keys
+
+
+def test_member_in_another_region_is_paired_through_ip_rules(two_clusters):
+    lab = two_clusters
+    with lab_cloud(lab, {"alpha": ALPHA_TAGS, "beta": BETA_TAGS}, cluster_regions={"beta": "eu-west-1"}) as cloud:
+        result, _ = run_logged(cloud, cloud.event_for("beta"))
+        assert result["status"] == "SUCCEEDED", result.get("cause")
+        on_alpha, on_beta = our_rules("us-east-1"), our_rules("eu-west-1")
+        # Security group references do not cross regions: each side admits the peer head node's /32.
+        assert {r["CidrIpv4"] for r in on_alpha} == {f"{lab.head('beta').ip}/32"}
+        assert {r["CidrIpv4"] for r in on_beta} == {f"{lab.head('alpha').ip}/32"}
+        assert not any(r.get("ReferencedGroupInfo") for r in on_alpha + on_beta)
+    job = submit(lab, "alpha-head", "--clusters=beta", "--wrap", "hostname")
+    assert wait_job_completed_on(lab, "alpha-head", "beta", job)["NodeList"] == "beta-compute-1"
