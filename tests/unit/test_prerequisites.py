@@ -42,3 +42,16 @@ def test_a_healthy_federation_passes_every_check():
 def test_each_broken_prerequisite_is_named(members, says):
     with pytest.raises(PrerequisiteFailed, match=says):
         check_prerequisites(REQUEST, members)
+
+
+def test_a_cluster_name_held_by_another_live_slurmctld_is_refused():
+    alpha = _member("alpha", accounting=True, dbd_version="23.11.10")
+    alpha.slurm.registered_clusters = ["alpha=10.0.0.1", "beta=10.9.9.9"]  # an older, still running "beta"
+    with pytest.raises(PrerequisiteFailed, match="already registered .* at 10.9.9.9"):
+        check_prerequisites(REQUEST, [alpha, _member("beta")])
+
+
+def test_a_cluster_name_left_by_a_deleted_cluster_is_reused():
+    alpha = _member("alpha", accounting=True, dbd_version="23.11.10")
+    alpha.slurm.registered_clusters = ["alpha=10.0.0.1", "beta="]  # no ControlHost: nothing is running there
+    check_prerequisites(REQUEST, [alpha, _member("beta")])

@@ -77,6 +77,11 @@ class SlurmSettings(StateModel):
     slurmdbd_version: str | None = None
     munge_version: str | None = None
     munge_key_sha256: str
+    registered_clusters: list[str] = []  # "name=ControlHost" in this node's slurmdbd (accounting head only)
+
+    def control_hosts(self) -> dict[str, str]:
+        """ClusterName -> ControlHost registered in this node's slurmdbd ("" when not connected)."""
+        return dict(entry.split("=", 1) for entry in self.registered_clusters if "=" in entry)
 
     @field_validator("cluster_name")
     @classmethod

@@ -134,6 +134,12 @@ def check_prerequisites(request: PairingRequest, members: list[Member]) -> list[
                 f"ClusterName {new.slurm.cluster_name} is already used by federation member {peer.cluster_name}"
             )
     passed.append(f"ClusterName {new.slurm.cluster_name} is unique in the federation")
+    registered_host = accounting.slurm.control_hosts().get(new.slurm.cluster_name)
+    if registered_host and registered_host != new.head_node.private_ip and new.cluster_name != accounting.cluster_name:
+        problems.append(
+            f"ClusterName {new.slurm.cluster_name} is already registered in the federation's accounting by a live "
+            f"slurmctld at {registered_host}: give the new cluster another name, or stop that cluster first"
+        )
     if len(new.slurm.cluster_name) > 40:
         problems.append(f"ClusterName {new.slurm.cluster_name} is longer than 40 characters (Slurm accounting limit)")
     if problems:

@@ -12,7 +12,9 @@
 #   slurm_parallelcluster.conf when slurm.conf includes it, else slurm.conf), accountingDefinedIn (files
 #   setting any AccountingStorageType/Host/Port), dbdPort (int or null, from slurmdbd.conf),
 #   slurmdbdUnit, slurmdbdActive, slurmctldActive, mungeActive (bools), slurmVersion, slurmdbdVersion,
-#   mungeVersion, mungeKeySha256 (fingerprint only, never key bytes), configSource.
+#   mungeVersion, mungeKeySha256 (fingerprint only, never key bytes), configSource,
+#   registeredClusters (where this node runs an active slurmdbd: "name=ControlHost" of every cluster in its
+#   accounting, ControlHost empty when that cluster's slurmctld is not connected; else an empty list).
 # Environment: SLURM_ETC (/opt/slurm/etc), MUNGE_KEY_FILE (/etc/munge/munge.key).
 set -euo pipefail
 # shellcheck source-path=SCRIPTDIR source=common.sh
@@ -104,6 +106,15 @@ if [[ -f $slurmdbd_conf ]] && command -v slurmdbd >/dev/null 2>&1; then
         awk '{print $NF}' | head -n1) || slurmdbd_version=""
 fi
 
+registered=()
+if [[ $slurmdbd_active == true ]]; then
+    while IFS='|' read -r name host _; do
+        [[ $name =~ ^[A-Za-z0-9_-]+$ ]] || continue
+        [[ -z $host || $host =~ ^[A-Za-z0-9.:-]+$ ]] || continue
+        registered+=("$name=$host")
+    done < <(timeout 20 sacctmgr -nP show clusters format=cluster,controlhost 2>/dev/null || true)
+fi
+
 slurmctld_active=false
 ! unit_active slurmctld || slurmctld_active=true
 munge_active=false
@@ -130,4 +141,5 @@ result_str_or_null slurmdbdVersion "$slurmdbd_version"
 result_str_or_null mungeVersion "$munge_version"
 result_str_or_null mungeKeySha256 "$munge_sha"
 result_str configSource "$config_source"
+result_list registeredClusters ${registered[@]+"${registered[@]}"}
 finish
