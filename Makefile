@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 # Lambda runs python3.12: prefer it (pyenv keeps it under its versions dir), else the system python3.
 PYTHON ?= $(firstword $(wildcard /root/.pyenv/versions/3.12*/bin/python3.12) $(shell command -v python3.12 2>/dev/null) python3)
-DEBIAN_PACKAGES := slurmctld slurmd slurm-client slurmdbd munge mariadb-server mariadb-client iproute2 util-linux procps shellcheck nodejs npm
+DEBIAN_PACKAGES := slurmctld slurmd slurm-client slurmdbd munge mariadb-server mariadb-client iproute2 util-linux procps shellcheck
 export SAM_CLI_TELEMETRY := 0
 
 .PHONY: help setup system-packages test unit lint demo bench lab-up lab-down clean
@@ -19,6 +19,7 @@ setup: system-packages $(VENV)/.installed node_modules/.installed
 
 system-packages:
 	@missing=$$(for p in $(DEBIAN_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'ok installed' || echo $$p; done); \
+	command -v npm >/dev/null || missing="$$missing nodejs npm"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:" $$missing; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
