@@ -44,7 +44,7 @@ unit: setup
 lint: setup
 	$(VENV)/bin/sam validate --lint
 	for f in statemachine/*.asl.json; do node_modules/.bin/asl-validator --json-path "$$f" || exit 1; done
-	shellcheck functions/shared/slurm_multicluster/node_scripts/*.sh
+	shellcheck -x functions/shared/slurm_multicluster/node_scripts/*.sh
 
 demo: setup
 	$(PY) -m lab.demo $(DEMO_ARGS)

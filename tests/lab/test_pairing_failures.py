@@ -11,6 +11,7 @@ from lab import ClusterSpec
 from lab.bridge import lab_cloud
 from lab_helpers import sha256, submit, wait_job_completed
 from pairing_helpers import (
+    events_queue, published,
     ACCOUNTING_CONF, ALPHA_TAGS, BETA_TAGS, KEY, SHARED_KEY, daemon, fresh_lab,
     our_rules, run_logged, wait_job_completed_on,
 )
@@ -88,3 +89,37 @@ def test_member_in_another_region_is_paired_through_ip_rules(two_clusters):
         assert not any(r.get("ReferencedGroupInfo") for r in on_alpha + on_beta)
     job = submit(lab, "alpha-head", "--clusters=beta", "--wrap", "hostname")
     assert wait_job_completed_on(lab, "alpha-head", "beta", job)["NodeList"] == "beta-compute-1"
+
+
+FAULTY_SLURMCTLD = """#!/bin/sh
+# Fault injection: a slurmctld that exits at start once accounting points at a slurmdbd.
+if grep -q '^AccountingStorageHost' /opt/slurm/etc/slurm_parallelcluster.conf; then
+    echo "slurmctld: fatal: injected fault" >&2
+    exit 1
+fi
+exec /usr/sbin/slurmctld -D -s
+"""
+
+
+def test_slurmctld_that_fails_to_start_is_rolled_back_and_the_member_runs_jobs_as_before(two_clusters):
+    lab = two_clusters
+    lab.exec("beta-head", ["sh", "-c", "cat > /run/lab/faulty-slurmctld && chmod 755 /run/lab/faulty-slurmctld"],
+             input=FAULTY_SLURMCTLD, check=True)
+    units = json.loads(lab.exec("beta-head", ["cat", "/run/lab/units.json"], check=True).stdout)
+    units["units"]["slurmctld"]["exec"] = ["/run/lab/faulty-slurmctld"]
+    lab.exec("beta-head", ["sh", "-c", "cat > /run/lab/units.json"], input=json.dumps(units), check=True)
+    keys = {n: sha256(lab, n, KEY) for n in ("beta-head", "beta-compute-1")}
+    conf = lab.exec("beta-head", ["cat", ACCOUNTING_CONF]).stdout
+    with lab_cloud(lab, {"alpha": ALPHA_TAGS, "beta": BETA_TAGS}) as cloud:
+        queue = events_queue()
+        result, _ = run_logged(cloud, cloud.event_for("beta"))
+        assert result["status"] == "FAILED"
+        assert result["error"] == "PointAccountingAtFederationFailed"
+        assert "slurmctld" in result["cause"]
+        assert our_rules() == []
+        assert [e["detail-type"] for e in published(queue)] == ["Slurm Cluster Pairing Failed"]
+    assert lab.exec("beta-head", ["cat", ACCOUNTING_CONF]).stdout == conf
+    assert {n: sha256(lab, n, KEY) for n in keys} == keys
+    assert lab.exec("beta-head", ["systemctl", "is-active", "slurmctld"]).stdout.strip() == "active"
+    lab.wait_idle(["beta-compute-1"], timeout=60)
+    wait_job_completed(lab, "beta-head", submit(lab, "beta-head", "--wrap", "hostname"), timeout=60)

@@ -359,14 +359,14 @@ write_file_atomically() {
 # read_secret_key SECRET_ID REGION SELECTOR VALUE DEST: decode one version of a munge key secret (base64
 # SecretString, ParallelCluster's MungeKeySecretArn format) into DEST. SELECTOR is --version-stage or
 # --version-id. Returns 1 with a message on stderr when the version cannot be read or is not base64;
-# returns 3 when that version does not exist. Key bytes only ever go to files under PRIVATE_TMPDIR.
+# returns 3 when that version (or the secret) does not exist. Key bytes only go to files under PRIVATE_TMPDIR.
 read_secret_key() {
     local secret_id=$1 region=$2 selector=$3 value=$4 dest=$5 encoded err
     encoded="$PRIVATE_TMPDIR/read.b64"
     err="$PRIVATE_TMPDIR/read.err"
     if ! aws secretsmanager get-secret-value --secret-id "$secret_id" --region "$region" "$selector" "$value" \
         --query SecretString --output text >"$encoded" 2>"$err"; then
-        if grep -q "can't find the specified secret value" "$err"; then
+        if grep -q "ResourceNotFoundException" "$err"; then
             rm -f -- "$encoded"
             return 3
         fi
@@ -552,6 +552,11 @@ slurmctld_up() {
 # wait_slurmctld_up DEADLINE: poll `scontrol ping` until UP; fails at DEADLINE.
 wait_slurmctld_up() {
     while ! slurmctld_up; do
+        # A slurmctld that exited will not answer later: say so now rather than at the deadline.
+        if ! unit_active slurmctld; then
+            echo "error: slurmctld is not running after its restart (see its log)" >&2
+            return 1
+        fi
         (($(now) < $1)) || return 1
         sleep "$POLL_INTERVAL"
     done
@@ -661,7 +666,9 @@ conf_last_value() {
 
 # scontrol_config_value KEY TEXT: the value of KEY in `scontrol show config` output TEXT ("(null)" -> "").
 scontrol_config_value() {
+    # awk reads to the end (no early exit): printf writing into a closed pipe would die of SIGPIPE (141)
     printf '%s\n' "$2" | awk -v key="$1" '
+        found { next }
         {
             eq = index($0, "=")
             if (eq == 0) next
@@ -672,7 +679,7 @@ scontrol_config_value() {
             sub(/^[ \t]+/, "", value)
             sub(/[ \t]+$/, "", value)
             if (value != "(null)") print value
-            exit
+            found = 1
         }'
 }
 
