@@ -11,6 +11,7 @@ import boto3
 import pytest
 
 from lab import ClusterSpec
+from lab import cloud as aws_harness
 from lab.bridge import LabCloud, lab_cloud
 from lab_helpers import sha256, submit, wait_job_completed, wait_until
 from pairing_helpers import (
@@ -52,8 +53,10 @@ def paired(lab_host):
         }
         wait_until(lambda: "RUNNING" in lab.exec("beta-head", ["squeue", "-h", "-o", "%T"]).stdout, 30,
                    "beta's job running before the pairing")
-        result, logs = run_logged(cloud, cloud.event_for("beta"))
+        event = cloud.event_for("beta")
+        result, logs = run_logged(cloud, event)
         pairing = Pairing(cloud, result, logs, before)
+        pairing.before["event"] = event
         pairing.before["events"] = published(queue)
         yield pairing
 
@@ -126,10 +129,17 @@ def test_running_the_workflow_again_changes_nothing(paired):
     assert lab.exec("beta-head", ["cat", ACCOUNTING_CONF]).stdout == conf
 
 
+def test_the_same_event_delivered_again_is_skipped_without_touching_a_node(paired):
+    cloud = paired.cloud
+    sent = len(cloud.commands)
+    result, _ = run_logged(cloud, paired.before["event"])
+    assert result["status"] == "SUCCEEDED"
+    assert aws_harness.state_names(result["executionArn"], cloud.region)[-1] == "SkipDuplicateDelivery"
+    assert len(cloud.commands) == sent
+
+
 def test_no_key_material_in_history_logs_ssm_or_events(paired):
     cloud = paired.cloud
-    from lab import cloud as aws_harness
-
     haystack = [paired.logs, json.dumps(paired.before["events"])]
     for event in aws_harness.history(paired.result["executionArn"], cloud.region):
         haystack.append(json.dumps(event, default=str))
