@@ -49,6 +49,7 @@ def paired(lab_host):
         before = {
             "alpha_key": key_bytes(lab, "alpha-head"),
             "beta_key": key_bytes(lab, "beta-head"),
+            "beta_conf": lab.exec("beta-head", ["cat", ACCOUNTING_CONF], check=True).stdout,
             "running_job": submit(lab, "beta-head", "--wrap", "sleep 6"),
         }
         wait_until(lambda: "RUNNING" in lab.exec("beta-head", ["squeue", "-h", "-o", "%T"]).stdout, 30,
@@ -152,3 +153,30 @@ def test_no_key_material_in_history_logs_ssm_or_events(paired):
     text = "\n".join(haystack)
     for key in (paired.before["alpha_key"], paired.before["beta_key"]):
         assert_absent(key, text)
+
+
+def slurmctld_starts(lab, node: str) -> int:
+    """How many times slurmctld has started on the node (its log says so at each start)."""
+    log = lab.exec(node, ["cat", "/var/log/slurm/slurmctld.out"], check=True).stdout
+    return log.count("slurmctld version")
+
+
+def test_update_that_regenerates_the_config_is_re_applied_with_one_restart(paired):
+    lab, cloud = paired.cloud.lab, paired.cloud
+    # `pcluster update-cluster` rewrites slurm_parallelcluster.conf (without our accounting lines) and restarts.
+    lab.exec("beta-head", ["sh", "-c", f"cat > {ACCOUNTING_CONF}"], input=paired.before["beta_conf"], check=True)
+    lab.systemctl("beta-head", "restart", "slurmctld")
+    lab.wait_slurmctld("beta")
+    starts = slurmctld_starts(lab, "beta-head")
+    munged, slurmd = daemon(lab, "beta-head", "munge"), daemon(lab, "beta-compute-1", "slurmd")
+    rules = {r["SecurityGroupRuleId"] for r in our_rules()}
+    result, _ = run_logged(cloud, cloud.event_for("beta", "UPDATE_COMPLETE"))
+    assert result["status"] == "SUCCEEDED", result.get("cause")
+    plan = json.loads(result["output"])
+    assert plan["accounting"]["change"] is True and plan["mungeKey"]["installOnHead"] is False
+    assert f"AccountingStorageHost={lab.head('alpha').ip}" in lab.exec("beta-head", ["cat", ACCOUNTING_CONF]).stdout
+    assert slurmctld_starts(lab, "beta-head") == starts + 1
+    assert (daemon(lab, "beta-head", "munge"), daemon(lab, "beta-compute-1", "slurmd")) == (munged, slurmd)
+    assert {r["SecurityGroupRuleId"] for r in our_rules()} == rules
+    assert sacctmgr_clusters(lab, "alpha-head").get("beta") == lab.head("beta").ip
+

@@ -27,6 +27,11 @@ def test_create_complete_event_becomes_a_pairing_request_for_the_stack():
         "pair", "beta", "eu-west-1", "6a7e8feb-b491-4cf7-a9f1-bf3703467718")
 
 
+def test_update_complete_re_applies_the_pairing():
+    request = normalize(_event(status="UPDATE_COMPLETE"), "exec-1")
+    assert (request.action, request.trigger) == ("pair", "UPDATE_COMPLETE")
+
+
 def test_other_statuses_are_ignored():
     assert normalize(_event(status="UPDATE_IN_PROGRESS"), "exec-1").action == "ignore"
 
@@ -81,7 +86,8 @@ def test_sample_events_in_events_dir_parse(tmp_path):
     from pathlib import Path
 
     events = Path(__file__).resolve().parents[2] / "events"
-    requests = {p.name: normalize(json.loads(p.read_text()), "exec-1") for p in events.glob("*.json")}
+    pairing_samples = ["stack-create-complete.json", "manual-pair.json", "manual-pair-dry-run.json"]
+    requests = {name: normalize(json.loads((events / name).read_text()), "exec-1") for name in pairing_samples}
     assert requests["stack-create-complete.json"].action == "pair"
     assert requests["manual-pair-dry-run.json"].dry_run is True
     assert requests["manual-pair.json"].dry_run is False

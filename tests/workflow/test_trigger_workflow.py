@@ -38,7 +38,7 @@ def test_stack_that_is_not_a_parallelcluster_cluster_is_ignored(moto_aws):
     _no_side_effects(moto_aws)
 
 
-@pytest.mark.parametrize("status", ["CREATE_IN_PROGRESS", "ROLLBACK_COMPLETE", "DELETE_COMPLETE"])
+@pytest.mark.parametrize("status", ["CREATE_IN_PROGRESS", "ROLLBACK_COMPLETE", "UPDATE_IN_PROGRESS", "DELETE_COMPLETE"])
 def test_other_stack_statuses_do_not_start_a_pairing(moto_aws, status):
     cluster = moto_aws.cluster("beta", "10.250.0.21", [], FEDERATION_TAGS)
     assert moto_aws.run_event(cloud.stack_status_event(cluster.stack_id, status, REGION)) is None

@@ -11,7 +11,9 @@ from slurm_multicluster import validation as v
 from slurm_multicluster.errors import InvalidInput
 from slurm_multicluster.models import PairingRequest
 
-PAIRING_STATUSES = {"CREATE_COMPLETE"}
+# CREATE_COMPLETE pairs a new cluster; UPDATE_COMPLETE re-applies what `pcluster update-cluster` regenerated
+# (slurm_parallelcluster.conf): the pairing only changes what drifted, so an update without drift restarts nothing.
+PAIRING_STATUSES = {"CREATE_COMPLETE", "UPDATE_COMPLETE"}
 
 
 class StackStatusDetails(BaseModel):
