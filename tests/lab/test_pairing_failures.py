@@ -123,3 +123,20 @@ def test_slurmctld_that_fails_to_start_is_rolled_back_and_the_member_runs_jobs_a
     assert lab.exec("beta-head", ["systemctl", "is-active", "slurmctld"]).stdout.strip() == "active"
     lab.wait_idle(["beta-compute-1"], timeout=60)
     wait_job_completed(lab, "beta-head", submit(lab, "beta-head", "--wrap", "hostname"), timeout=60)
+
+
+def test_member_with_its_own_slurmdbd_switches_to_the_federation_and_stops_its_own(lab_host):
+    # beta was created with its own Database (MariaDB + slurmdbd on its head node), as many clusters are.
+    with fresh_lab("pairdbd", "10.250.80.0/24", [ClusterSpec("alpha", accounting=True),
+                                                 ClusterSpec("beta", accounting=True)]) as lab:
+        assert lab.exec("beta-head", ["systemctl", "is-active", "slurmdbd"]).stdout.strip() == "active"
+        with lab_cloud(lab, {"alpha": ALPHA_TAGS, "beta": BETA_TAGS}) as cloud:
+            result, _ = run_logged(cloud, cloud.event_for("beta"))
+            assert result["status"] == "SUCCEEDED", result.get("cause")
+            assert json.loads(result["output"])["accounting"]["stopLocalSlurmdbd"] is True
+        assert lab.exec("beta-head", ["systemctl", "is-active", "slurmdbd"]).stdout.strip() != "active"
+        assert lab.exec("beta-head", ["systemctl", "is-enabled", "slurmdbd"]).stdout.strip() == "disabled"
+        clusters = lab.exec("alpha-head", ["sacctmgr", "-nP", "show", "clusters", "format=cluster,controlhost"]).stdout
+        assert f"beta|{lab.head('beta').ip}" in clusters
+        job = submit(lab, "alpha-head", "--clusters=beta", "--wrap", "hostname")
+        assert wait_job_completed_on(lab, "alpha-head", "beta", job)["NodeList"] == "beta-compute-1"
