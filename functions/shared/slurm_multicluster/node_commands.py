@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import json
 import shlex
+import time
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
 from aws_lambda_powertools import Logger
-from botocore.exceptions import ClientError, WaiterError
+from botocore.exceptions import ClientError
 
 from slurm_multicluster.errors import NodeCommandFailed, NodeUnreachable
 
@@ -89,7 +90,18 @@ def parse_result(stdout: str) -> dict[str, Any]:
     return result if isinstance(result, dict) else {"ok": False, "error": "the script's result is not an object"}
 
 
-def run_script(
+@dataclass(frozen=True)
+class SentCommand:
+    """An SSM command in flight: collect() waits for its invocations."""
+
+    ssm: Any
+    command_id: str
+    script: str
+    instance_ids: list[str]
+    timeout_seconds: int
+
+
+def send_script(
     ssm: Any,
     instance_ids: list[str],
     script: str,
@@ -97,10 +109,8 @@ def run_script(
     *,
     timeout_seconds: int,
     comment: str,
-) -> dict[str, NodeResult]:
-    """Run a node script on each instance (one SSM command), wait for every invocation, return results."""
-    if not instance_ids:
-        return {}
+) -> SentCommand:
+    """Send a node script to every instance (one SSM command) without waiting for it."""
     try:
         command = ssm.send_command(
             InstanceIds=instance_ids,
@@ -115,20 +125,40 @@ def run_script(
                 f"SSM cannot reach {', '.join(instance_ids)} to run {script}: {SSM_POLICY_HINT}"
             ) from error
         raise
-    command_id = command["CommandId"]
-    logger.info("sent node script", extra={"script": script, "command_id": command_id, "instances": instance_ids})
-    waiter = ssm.get_waiter("command_executed")
-    results = {}
-    for instance_id in instance_ids:
+    logger.info("sent node script", extra={"script": script, "command_id": command["CommandId"], "instances": instance_ids})
+    return SentCommand(ssm, command["CommandId"], script, instance_ids, timeout_seconds)
+
+
+# Most scripts finish in well under a second: poll soon, then back off (botocore's command_executed waiter
+# polls no faster than once a second, which was a third of a pairing's wall time).
+FIRST_POLL_SECONDS = 0.2
+MAX_POLL_SECONDS = 2.0
+FINAL_STATUSES = {"Success", "Failed", "Cancelled", "TimedOut", "Undeliverable", "Terminated", "InvalidPlatform",
+                  "AccessDenied", "DeliveryTimedOut", "ExecutionTimedOut"}
+
+
+def _invocation(sent: SentCommand, instance_id: str, deadline: float) -> dict[str, Any]:
+    delay = FIRST_POLL_SECONDS
+    while True:
         try:
-            waiter.wait(
-                CommandId=command_id,
-                InstanceId=instance_id,
-                WaiterConfig={"Delay": 1, "MaxAttempts": timeout_seconds + 60},
-            )
-        except WaiterError:
-            pass  # a failed script ends the waiter too; its output says why
-        invocation = ssm.get_command_invocation(CommandId=command_id, InstanceId=instance_id)
+            invocation = sent.ssm.get_command_invocation(CommandId=sent.command_id, InstanceId=instance_id)
+            if invocation["Status"] in FINAL_STATUSES:
+                return invocation
+        except ClientError as error:
+            if error.response["Error"]["Code"] != "InvocationDoesNotExist":  # not registered yet: keep polling
+                raise
+        if time.monotonic() > deadline:
+            raise NodeCommandFailed(f"{sent.script} on {instance_id}: no result within {sent.timeout_seconds} s")
+        time.sleep(delay)
+        delay = min(delay * 2, MAX_POLL_SECONDS)
+
+
+def collect(sent: SentCommand) -> dict[str, NodeResult]:
+    """Wait (with a deadline) for every invocation of a sent command and parse each node's JSON result."""
+    deadline = time.monotonic() + sent.timeout_seconds + 60
+    results = {}
+    for instance_id in sent.instance_ids:
+        invocation = _invocation(sent, instance_id, deadline)
         result = NodeResult(
             instance_id=instance_id,
             status=invocation["Status"],
@@ -138,15 +168,30 @@ def run_script(
         )
         logger.info(
             "node script finished",
-            extra={"script": script, "instance": instance_id, "status": result.status, "result": loggable(result.result)},
+            extra={"script": sent.script, "instance": instance_id, "status": result.status,
+                   "result": loggable(result.result)},
         )
         results[instance_id] = result
     return results
 
 
-def run_script_checked(ssm: Any, instance_ids: list[str], script: str, args: list[str], **kwargs: Any) -> dict[str, NodeResult]:
-    """Like run_script, but raise NodeCommandFailed naming every node whose script did not report ok."""
-    results = run_script(ssm, instance_ids, script, args, **kwargs)
+def run_script(
+    ssm: Any,
+    instance_ids: list[str],
+    script: str,
+    args: list[str],
+    *,
+    timeout_seconds: int,
+    comment: str,
+) -> dict[str, NodeResult]:
+    """Run a node script on each instance (one SSM command), wait for every invocation, return results."""
+    if not instance_ids:
+        return {}
+    return collect(send_script(ssm, instance_ids, script, args, timeout_seconds=timeout_seconds, comment=comment))
+
+
+def raise_failures(script: str, results: dict[str, NodeResult]) -> dict[str, NodeResult]:
+    """Raise NodeCommandFailed naming every node whose script did not report ok; else return the results."""
     failed = [r for r in results.values() if not r.ok]
     if failed:
         details = "; ".join(
@@ -154,3 +199,8 @@ def run_script_checked(ssm: Any, instance_ids: list[str], script: str, args: lis
         )
         raise NodeCommandFailed(f"{script} failed on {details}")
     return results
+
+
+def run_script_checked(ssm: Any, instance_ids: list[str], script: str, args: list[str], **kwargs: Any) -> dict[str, NodeResult]:
+    """Like run_script, but raise NodeCommandFailed naming every node whose script did not report ok."""
+    return raise_failures(script, run_script(ssm, instance_ids, script, args, **kwargs))

@@ -157,7 +157,7 @@ def plan(clients: ClientFactory, request: PairingRequest, members: list[Member],
     install = new.slurm.munge_key_sha256 != expected
     restarts = []
     if install:
-        restarts.append(f"{new.cluster_name} head node: munge, slurmctld")
+        restarts.append(f"{new.cluster_name} head node: munge")
         if new.compute_instance_ids or new.login_instance_ids:
             restarts.append(f"{new.cluster_name} compute and login nodes: munge, slurmd")
     accounting_plan = None
@@ -178,10 +178,10 @@ def plan(clients: ClientFactory, request: PairingRequest, members: list[Member],
             change=change,
             stop_local_slurmdbd=stop_dbd,
         )
-        if change:
-            restarts.append(f"{new.cluster_name} head node: slurmctld")
         if stop_dbd:
             restarts.append(f"{new.cluster_name} head node: stop and disable its own slurmdbd")
+    if install or (accounting_plan and accounting_plan.change):
+        restarts.append(f"{new.cluster_name} head node: slurmctld (once, after the key and accounting changes)")
     return Plan(
         federation=new.federation,
         cluster_name=new.cluster_name,
@@ -236,8 +236,10 @@ def sync_munge_key(clients: ClientFactory, the_plan: Plan, members: list[Member]
     ssm = clients("ssm", new.region)
     common = ["--secret-id", arn, "--region", accounting.region, "--expect-sha256", the_plan.munge_key.expected_sha256,
               "--backup-id", execution]
+    # When the accounting settings change next, set-accounting.sh restarts slurmctld: once is enough.
+    restart = [] if the_plan.accounting and the_plan.accounting.change else ["--restart", "slurmctld"]
     node_commands.run_script_checked(
-        ssm, [new.head_node.instance_id], "install-munge-key.sh", [*common, "--shared-dirs", "--restart", "slurmctld"],
+        ssm, [new.head_node.instance_id], "install-munge-key.sh", [*common, "--shared-dirs", *restart],
         timeout_seconds=config.node_command_timeout_seconds,
         comment=f"slurm-multicluster: install the federation munge key on {new.cluster_name} head node",
     )
@@ -271,54 +273,69 @@ def point_accounting(clients: ClientFactory, the_plan: Plan, members: list[Membe
 
 
 def verify(clients: ClientFactory, the_plan: Plan, members: list[Member], config: Settings) -> dict[str, Any]:
-    """Prove the pairing works: accounting lists both, submissions work both ways, munge keys agree, nodes up."""
+    """Prove the pairing works: accounting lists both, submissions work both ways, munge keys agree, nodes up.
+
+    The checks on the two head nodes run side by side (commands in flight together), three rounds in all.
+    """
     new = _member(members, the_plan.cluster_name)
     accounting = _member(members, the_plan.accounting_cluster)
-    peer_names = [m.slurm.cluster_name for m in members if m.cluster_name != new.cluster_name and m.slurm]
-    deadline = str(config.verify_deadline_seconds)
-    checks: dict[str, Any] = {}
-    if peer_names:
-        checks[new.cluster_name] = _verify_on(clients, new, peer_names, deadline)
+    assert new.slurm
+    deadline = config.verify_deadline_seconds
+    peers = {new.cluster_name: [m.slurm.cluster_name for m in members if m.cluster_name != new.cluster_name and m.slurm]}
     if accounting.cluster_name != new.cluster_name:
-        assert new.slurm
-        checks[accounting.cluster_name] = _verify_on(clients, accounting, [new.slurm.cluster_name], deadline)
-        checks["munge"] = {
-            f"{new.cluster_name}->{accounting.cluster_name}": _munge_round_trip(clients, new, accounting),
-            f"{accounting.cluster_name}->{new.cluster_name}": _munge_round_trip(clients, accounting, new),
-        }
+        peers[accounting.cluster_name] = [new.slurm.cluster_name]
+    checks: dict[str, Any] = {}
+    in_flight = {
+        name: node_commands.send_script(
+            clients("ssm", member.region), [member.head_node.instance_id], "verify-member.sh",
+            ["--peers", ",".join(peers[name]), "--deadline", str(deadline)],
+            timeout_seconds=deadline + 60,
+            comment=f"slurm-multicluster: verify {name} reaches {', '.join(peers[name])}",
+        )
+        for name, member in ((new.cluster_name, new), (accounting.cluster_name, accounting))
+        if peers.get(name)
+    }
+    for name, sent in in_flight.items():
+        result = node_commands.collect(sent)[sent.instance_ids[0]]
+        if not result.ok:
+            raise VerificationFailed(f"on {name}: {result.result.get('error') or result.status}")
+        checks[name] = result.result
+    if accounting.cluster_name != new.cluster_name:
+        checks["munge"] = _munge_round_trips(clients, [new, accounting])
     return checks
 
 
-def _verify_on(clients: ClientFactory, member: Member, peers: list[str], deadline: str) -> dict[str, Any]:
-    results = node_commands.run_script(
-        clients("ssm", member.region), [member.head_node.instance_id], "verify-member.sh",
-        ["--peers", ",".join(peers), "--deadline", deadline],
-        timeout_seconds=int(deadline) + 60,
-        comment=f"slurm-multicluster: verify {member.cluster_name} reaches {', '.join(peers)}",
-    )
-    result = results[member.head_node.instance_id]
-    if not result.ok:
-        raise VerificationFailed(f"on {member.cluster_name}: {result.result.get('error') or result.status}")
-    return result.result
+def _on_heads(clients: ClientFactory, heads: list[Member], script: str, args_for: Callable[[Member], list[str]],
+              what: str) -> dict[str, node_commands.NodeResult]:
+    """Run a script on several head nodes at once; results by cluster name."""
+    sent = {
+        m.cluster_name: node_commands.send_script(
+            clients("ssm", m.region), [m.head_node.instance_id], script, args_for(m),
+            timeout_seconds=60, comment=f"slurm-multicluster: {what} on {m.cluster_name}")
+        for m in heads
+    }
+    return {name: node_commands.collect(command)[command.instance_ids[0]] for name, command in sent.items()}
 
 
-def _munge_round_trip(clients: ClientFactory, source: Member, target: Member) -> bool:
-    encoded = node_commands.run_script_checked(
-        clients("ssm", source.region), [source.head_node.instance_id], "munge-credential.sh", ["encode"],
-        timeout_seconds=60, comment=f"slurm-multicluster: munge credential from {source.cluster_name}",
-    )[source.head_node.instance_id].result
-    credential = v.require(v.MUNGE_CREDENTIAL, encoded.get("credential"), "munge credential")
-    decoded = node_commands.run_script(
-        clients("ssm", target.region), [target.head_node.instance_id], "munge-credential.sh",
-        ["decode", "--credential", credential],
-        timeout_seconds=60, comment=f"slurm-multicluster: decode {source.cluster_name}'s credential on {target.cluster_name}",
-    )[target.head_node.instance_id].result
-    if not decoded.get("decoded"):
-        raise VerificationFailed(
-            f"a munge credential from {source.cluster_name} does not decode on {target.cluster_name}: "
-            f"{decoded.get('status') or decoded.get('error')} (the munge keys differ)"
-        )
-    return True
+def _munge_round_trips(clients: ClientFactory, heads: list[Member]) -> dict[str, bool]:
+    """A credential made on each head node must decode on the next one (and the last on the first)."""
+    encoded = _on_heads(clients, heads, "munge-credential.sh", lambda m: ["encode"], "munge credential")
+    node_commands.raise_failures("munge-credential.sh encode", {r.instance_id: r for r in encoded.values()})
+    source_of = {target.cluster_name: heads[i - 1] for i, target in enumerate(heads)}
+    credentials = {name: v.require(v.MUNGE_CREDENTIAL, encoded[source_of[name].cluster_name].result.get("credential"),
+                                   "munge credential") for name in source_of}
+    decoded = _on_heads(clients, heads, "munge-credential.sh",
+                        lambda m: ["decode", "--credential", credentials[m.cluster_name]], "decode a peer's credential")
+    outcome = {}
+    for target, result in decoded.items():
+        source = source_of[target].cluster_name
+        if not result.result.get("decoded"):
+            raise VerificationFailed(
+                f"a munge credential from {source} does not decode on {target}: "
+                f"{result.result.get('status') or result.result.get('error')} (the munge keys differ)"
+            )
+        outcome[f"{source}->{target}"] = True
+    return outcome
 
 
 def restore_backups(clients: ClientFactory, request: PairingRequest, members: list[Member], config: Settings) -> dict[str, Any]:
