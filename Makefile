@@ -9,7 +9,7 @@ PYTHON ?= $(firstword $(wildcard /root/.pyenv/versions/3.12*/bin/python3.12) $(s
 DEBIAN_PACKAGES := slurmctld slurmd slurm-client slurmdbd munge mariadb-server mariadb-client iproute2 util-linux procps shellcheck
 export SAM_CLI_TELEMETRY := 0
 
-.PHONY: help setup system-packages test unit lint demo bench lab-up lab-down clean
+.PHONY: help setup system-packages test unit lint demo bench bench-rotation lab-up lab-down clean
 
 help:
 	@echo "make demo   pair two local Slurm clusters through the real workflow (root, Linux)"
@@ -51,6 +51,9 @@ demo: setup
 
 bench: setup
 	$(PY) bench/pairing.py
+
+bench-rotation: setup
+	$(PY) bench/rotation.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) node_modules .aws-sam .pytest_cache

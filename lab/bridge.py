@@ -57,6 +57,12 @@ class LabCloud:
             arn = cloud.start_execution(self.deployment, execution_input)
         return cloud.wait_for_execution(arn, self.region, timeout=timeout, on_event=on_event)
 
+    def rotate(self, federation: str, *, on_event=None, timeout: float = 600) -> dict[str, Any]:
+        """Run the munge key rotation of ``federation`` as `sam remote invoke` with events/manual-rotate.json does."""
+        arn = cloud.start_execution(self.deployment, {"federation": federation, "region": self.region},
+                                    cloud.ROTATION_STATE_MACHINE)
+        return cloud.wait_for_execution(arn, self.region, timeout=timeout, on_event=on_event)
+
 
 def _free_port() -> int:
     with socket.socket() as probe:
@@ -104,6 +110,7 @@ def _moto_server(lab: Lab) -> Iterator[str]:
     finally:
         for server in servers:
             server.shutdown()
+            server.server_close()  # its socket would keep the bridge namespace alive after `down` deletes it
         local.stop()
 
 

@@ -32,6 +32,8 @@ REPO = Path(__file__).resolve().parent.parent
 ACCOUNT_ID = "123456789012"
 SSM_OUTPUT_LIMIT = 24000  # GetCommandInvocation truncates stdout/stderr here
 MOTO_CONFIG = {"stepfunctions": {"execute_state_machine": True}, "lambda": {"use_docker": False}}
+PAIRING_STATE_MACHINE = "PairingStateMachine"
+ROTATION_STATE_MACHINE = "RotationStateMachine"
 # moto logs every failed state at ERROR with its whole parse tree; the execution history says the same, briefly.
 logging.getLogger("moto.stepfunctions.parser").setLevel(logging.CRITICAL)
 LAYER = REPO / "functions" / "shared"  # the SAM layer, /opt/python on Lambda: importable here too
@@ -70,11 +72,12 @@ class Deployment:
     """What `deploy` created in moto from template.yaml."""
 
     region: str
-    state_machine_arn: str
+    state_machine_arn: str  # the pairing state machine (the one EventBridge rules start)
     function_code: dict[str, Path]  # function name -> CodeUri directory
     rule_patterns: list[dict[str, Any]]
     parameters: dict[str, str]
     functions: dict[str, str] = field(default_factory=dict)  # logical id -> function name
+    state_machines: dict[str, str] = field(default_factory=dict)  # logical id -> ARN, every state machine
 
 
 class _Resolver:
@@ -158,20 +161,26 @@ def deploy(region: str, parameters: dict[str, str] | None = None, stack: str = "
         function_code[name] = REPO / props["CodeUri"]
         functions[logical] = name
 
-    state_machines = [(k, r) for k, r in resources.items() if r["Type"] == "AWS::Serverless::StateMachine"]
-    (logical, machine), = state_machines
-    definition = (REPO / machine["Properties"]["DefinitionUri"]).read_text()
-    for key, value in machine["Properties"]["DefinitionSubstitutions"].items():
-        definition = definition.replace("${" + key + "}", str(resolve(value)))
-    arn = boto3.client("stepfunctions", region_name=region).create_state_machine(
-        name=f"{stack}-{logical}", definition=definition, roleArn=role_arn
-    )["stateMachineArn"]
-    patterns = [event["Properties"]["Pattern"] for event in machine["Properties"].get("Events", {}).values()
-                if event["Type"] == "EventBridgeRule"]
+    state_machines: dict[str, str] = {}
+    patterns: list[dict[str, Any]] = []
     events = boto3.client("events", region_name=region)
-    for index, pattern in enumerate(patterns):
-        events.put_rule(Name=f"{stack}-{logical}-{index}", EventPattern=json.dumps(pattern))
-    return Deployment(region, arn, function_code, patterns, params, functions)
+    for logical, machine in resources.items():
+        if machine["Type"] != "AWS::Serverless::StateMachine":
+            continue
+        definition = (REPO / machine["Properties"]["DefinitionUri"]).read_text()
+        for key, value in machine["Properties"]["DefinitionSubstitutions"].items():
+            definition = definition.replace("${" + key + "}", str(resolve(value)))
+        state_machines[logical] = boto3.client("stepfunctions", region_name=region).create_state_machine(
+            name=f"{stack}-{logical}", definition=definition, roleArn=role_arn
+        )["stateMachineArn"]
+        if logical != PAIRING_STATE_MACHINE:
+            continue  # only the pairing is started by event rules (schedules never fire in moto)
+        patterns = [event["Properties"]["Pattern"] for event in machine["Properties"].get("Events", {}).values()
+                    if event["Type"] == "EventBridgeRule"]
+        for index, pattern in enumerate(patterns):
+            events.put_rule(Name=f"{stack}-{logical}-{index}", EventPattern=json.dumps(pattern))
+    return Deployment(region, state_machines[PAIRING_STATE_MACHINE], function_code, patterns, params, functions,
+                      state_machines)
 
 
 # ---------------------------------------------------------------- Lambda: real handlers in-process
@@ -325,11 +334,13 @@ def route_event(deployment: Deployment, event: dict[str, Any]) -> str | None:
     return start_execution(deployment, event)
 
 
-def start_execution(deployment: Deployment, execution_input: dict[str, Any]) -> str:
-    """Start the state machine with a generated name, as EventBridge and `sam remote invoke` do (moto leaves
-    an unnamed execution nameless, AWS names it with a UUID)."""
+def start_execution(deployment: Deployment, execution_input: dict[str, Any],
+                    state_machine: str = PAIRING_STATE_MACHINE) -> str:
+    """Start a state machine of the template (by logical id) with a generated name, as EventBridge and
+    `sam remote invoke` do (moto leaves an unnamed execution nameless, AWS names it with a UUID)."""
     return boto3.client("stepfunctions", region_name=deployment.region).start_execution(
-        stateMachineArn=deployment.state_machine_arn, name=str(uuid.uuid4()), input=json.dumps(execution_input)
+        stateMachineArn=deployment.state_machines[state_machine], name=str(uuid.uuid4()),
+        input=json.dumps(execution_input),
     )["executionArn"]
 
 

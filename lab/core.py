@@ -29,6 +29,11 @@ REPO = Path(__file__).resolve().parents[1]
 NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
 CLUSTER_RE = re.compile(r"^[a-z][a-z0-9-]{0,39}$")
 MAX_NODES_PER_CLUSTER = 9  # head at .<10k+1>, computes up to .<10k+9>
+# Every command `exec` runs on a node passes this gate once inside the node's namespaces: `down` removes the
+# node's /run/lab/up first, so a command entering while down kills is either seen by its kill loop (it entered
+# before the removal) or refuses to start (exit 125): nothing slips in behind the last pass.
+GATE_FILE = "up"
+EXEC_GATE = f'[ -e /run/lab/{GATE_FILE} ] || {{ echo "lab node is going down" >&2; exit 125; }}; exec "$@"'
 
 # Per-node directories bind-mounted over the host path: (dir name, mount point, owner, mode).
 NODE_DIRS = [
@@ -257,7 +262,8 @@ class Lab:
         full_env.update(env or {})
         if isinstance(input, bytes):
             input = input.decode("utf-8", "surrogateescape")
-        cmd = ["nsenter", "-t", str(pid), "-n", "-u", "-m", f"--wdns={cwd}", "--", *argv]
+        cmd = ["nsenter", "-t", str(pid), "-n", "-u", "-m", f"--wdns={cwd}", "--", "/bin/sh", "-c", EXEC_GATE,
+               argv[0], *argv]
         cp = subprocess.run(cmd, env=full_env, input=input, capture_output=capture, text=True, encoding="utf-8",
                             errors="surrogateescape", timeout=timeout,
                             stdin=None if input is not None or not capture else subprocess.DEVNULL)
@@ -446,24 +452,28 @@ class Lab:
 
     def _teardown(self) -> str:
         names = self._known_node_names()
-        netns = [f"{self.name}-{n}" for n in names]
-        ns_ids = {i for i in (system.netns_id(ns) for ns in netns) if i}
-        holders = set(system.find_holders(self.name))
-        holders |= {pid for pid, start in self._holders.values() if system.alive(pid, start)}
-        for pid in holders:
-            mnt = system.ns_link(pid, "mnt")
-            if mnt:
-                ns_ids.add(mnt)
-        killed = system.kill_all(ns_ids)
-        existing = [ns for ns in netns + [self.bridge_ns] if system.netns_exists(ns)]
-        for ns in existing:
+        for n in names:  # from now on no lab command starts on a node (see EXEC_GATE)
+            (self._node_dir(n) / "run" / "lab" / GATE_FILE).unlink(missing_ok=True)
+        every = system.all_holders()
+        holders = {(pid, st[1]) for pid, (lab, _) in every.items() if lab == self.name and (st := system.proc_stat(pid))}
+        holders |= {(pid, start) for pid, start in self._holders.values() if system.alive(pid, start)}
+        # '<lab>-<node>' can also name another lab's node ('a' + cluster 'b-x' vs 'a-b' + cluster 'x'):
+        # never touch a namespace that a live holder of another lab is in
+        foreign = {system.ns_link(pid, "net") for pid, (lab, _) in every.items() if lab != self.name} - {None}
+        netns = [ns for ns in (f"{self.name}-{n}" for n in names)
+                 if system.netns_exists(ns) and system.netns_id(ns) not in foreign]
+        with system.pinned_namespaces(netns, sorted(holders)) as ns_ids:
+            killed = system.kill_all(ns_ids)
+        # the bridge namespace runs no lab process (a process that joined it, e.g. moto, is the caller's)
+        netns += [self.bridge_ns] if system.netns_exists(self.bridge_ns) else []
+        for ns in netns:
             system.delete_netns(ns)
         self._holders.clear()
         parts = []
         if killed:
             parts.append(f"{killed} processes killed")
-        if existing:
-            parts.append(f"{len(existing)} namespaces deleted")
+        if netns:
+            parts.append(f"{len(netns)} namespaces deleted")
         return ", ".join(parts)
 
     # ---------------------------------------------------------------- building blocks of up
@@ -520,6 +530,7 @@ class Lab:
                 _mkdir(ndir / "run" / "lab", "root:root", 0o755)
                 _write(ndir / "run" / "lab" / "units.json",
                        json.dumps({"node": n.name, "units": config.units(n.role, c.accounting)}, indent=2))
+                _write(ndir / "run" / "lab" / GATE_FILE, "")
                 if n.role == "head":
                     _write(ndir / "etc-munge" / "munge.key", key, "munge:munge", 0o400)
 

@@ -6,7 +6,9 @@ import os
 import signal
 import subprocess
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 NETNS_DIR = Path("/run/netns")
 
@@ -94,7 +96,7 @@ def start_holder(ns: str, tag: str, hostname: str, binds: list[tuple[str, str]])
         raise LabError(f"holder for {hostname} failed: {(cp.stdout + cp.stderr).strip()}")
     pid = int(lines[-1].split()[1])
     st = proc_stat(pid)
-    if st is None:
+    if st is None or not alive(pid):
         raise LabError(f"holder for {hostname} exited right after starting")
     return pid, st[1]
 
@@ -122,37 +124,101 @@ def ns_link(pid: int | str, kind: str) -> str | None:
         return None
 
 
-def find_holders(lab_name: str) -> list[int]:
-    """Holder processes of a lab found by their argv[0] tag, even without a state file."""
-    found = []
-    prefix = f"lab-holder:{lab_name}:".encode()
+def all_holders() -> dict[int, tuple[str, str]]:
+    """Every live lab holder on the machine: pid -> (lab name, node name), parsed from the exact argv[0] tag
+    'lab-holder:<lab>:<node>' (so lab 'lab' never matches lab 'labtest')."""
+    found = {}
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
         try:
-            cmdline = Path(entry.path, "cmdline").read_bytes()
-        except OSError:
+            argv0 = Path(entry.path, "cmdline").read_bytes().split(b"\0", 1)[0].decode()
+        except (OSError, UnicodeDecodeError):
             continue
-        if cmdline.startswith(prefix):
-            found.append(int(entry.name))
+        parts = argv0.split(":")
+        if len(parts) == 3 and parts[0] == "lab-holder" and alive(int(entry.name)):
+            found[int(entry.name)] = (parts[1], parts[2])
     return found
 
 
+@contextmanager
+def pinned_namespaces(netns_names: list[str], processes: list[tuple[int, str]]) -> Iterator[set[str]]:
+    """Open the named network namespaces and the net + mount namespaces of the given (pid, start time)
+    processes; yield their ids ('net:[..]', 'mnt:[..]'). Why: the kernel hands a freed namespace id to the
+    very next namespace created anywhere (another lab's holder, any `unshare`), so an id is only safe to
+    match while we hold the namespace open."""
+    fds: list[tuple[str, int]] = []  # (kind, fd)
+    try:
+        for name in netns_names:
+            try:
+                fds.append(("net", os.open(NETNS_DIR / name, os.O_RDONLY | os.O_CLOEXEC)))
+            except OSError:
+                pass
+        for pid, start in processes:
+            for kind in ("net", "mnt"):
+                try:
+                    fd = os.open(f"/proc/{pid}/ns/{kind}", os.O_RDONLY | os.O_CLOEXEC)
+                except OSError:
+                    continue
+                if alive(pid, start):
+                    fds.append((kind, fd))
+                else:  # died, or its pid was reused before we opened it: not that process's namespace
+                    os.close(fd)
+        ids = {f"{kind}:[{os.fstat(fd).st_ino}]" for kind, fd in fds}  # as /proc/PID/ns/<kind> reads
+        # never the host's own namespaces (a stray process in them would make kill_all kill the machine)
+        yield ids - {ns_link(pid, kind) for pid in (1, os.getpid()) for kind in ("net", "mnt")}
+    finally:
+        for _, fd in fds:
+            os.close(fd)
+
+
+def in_namespaces(pid: int, ns_ids: set[str]) -> bool:
+    return ns_link(pid, "net") in ns_ids or ns_link(pid, "mnt") in ns_ids
+
+
 def processes_in(ns_ids: set[str]) -> list[int]:
-    """Live processes whose network or mount namespace is one of ns_ids ('net:[..]', 'mnt:[..]')."""
+    """Live processes whose network or mount namespace is one of ns_ids ('net:[..]', 'mnt:[..]').
+    Only meaningful while those namespaces are held open (see pinned_namespaces)."""
     me = os.getpid()
     found = []
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit() or int(entry.name) == me:
             continue
-        if ns_link(entry.name, "net") in ns_ids or ns_link(entry.name, "mnt") in ns_ids:
-            if alive(int(entry.name)):
-                found.append(int(entry.name))
+        if in_namespaces(entry.name, ns_ids) and alive(int(entry.name)):
+            found.append(int(entry.name))
     return found
 
 
-def kill_all(ns_ids: set[str], deadline_s: float = 20) -> int:
-    """SIGKILL every process living in the given namespaces until none is left; returns how many."""
+def _kill_if_in(pid: int, ns_ids: set[str]) -> bool:
+    """SIGKILL pid if it is still in ns_ids, through a pidfd so that a reused pid is never signalled."""
+    try:
+        pidfd = os.pidfd_open(pid)
+    except OSError:
+        return False  # gone already
+    try:
+        if not in_namespaces(pid, ns_ids):  # checked after opening the pidfd: the pid may have been reused
+            return False
+        signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+        return True
+    except ProcessLookupError:
+        return False
+    finally:
+        os.close(pidfd)
+
+
+def describe(pid: int) -> str:
+    """'pid state command' for error messages."""
+    st = proc_stat(pid)
+    try:
+        cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+    except OSError:
+        cmd = "?"
+    return f"{pid} {st[0] if st else 'gone'} {cmd[:80]}"
+
+
+def kill_all(ns_ids: set[str], deadline_s: float = 60) -> int:
+    """SIGKILL every process living in the given (pinned) namespaces, again and again, until none is left
+    alive (zombies count as dead); returns how many were killed. LabError only if some survive the deadline."""
     killed: set[int] = set()
     deadline = time.monotonic() + deadline_s
     while True:
@@ -160,11 +226,9 @@ def kill_all(ns_ids: set[str], deadline_s: float = 20) -> int:
         if not pids:
             return len(killed)
         if time.monotonic() > deadline:
-            raise LabError(f"processes still alive in the lab namespaces: {pids}")
+            raise LabError(f"processes still alive in the lab namespaces after {deadline_s:.0f}s of SIGKILL: "
+                           + "; ".join(describe(p) for p in pids))
         for pid in pids:
-            try:
-                os.kill(pid, signal.SIGKILL)
+            if _kill_if_in(pid, ns_ids):
                 killed.add(pid)
-            except ProcessLookupError:
-                pass
         time.sleep(0.05)

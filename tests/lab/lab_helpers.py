@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import subprocess
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from lab import Lab, system
+from lab import Lab, LabError, system
 
 REPO = Path(__file__).resolve().parents[2]
 LAB_NAME = "labtest"
@@ -61,19 +62,27 @@ def sha256(lab: Lab, node: str, path: str) -> str:
 
 
 def lab_footprint(the_lab: Lab) -> dict:
-    """What a running lab holds on the host: namespace ids, pids living in them, netns names."""
-    ns_ids = set()
+    """What a running lab holds on the host: namespace ids, (pid, start time) of the processes living in
+    them, netns names. The namespaces are held open until release(footprint): the kernel gives a freed
+    namespace id to the next namespace created anywhere, so an id says nothing once its namespace is gone."""
+    holders = []
     for n in the_lab.nodes:
-        i = system.netns_id(the_lab.netns(n.name))
-        if i:
-            ns_ids.add(i)
         try:
-            ns_ids.add(system.ns_link(the_lab.holder_pid(n.name), "mnt"))
-        except Exception:
-            pass
-    bridge = system.netns_id(the_lab.bridge_ns)
-    return {"ns_ids": ns_ids, "bridge_id": bridge, "pids": set(system.processes_in(ns_ids)),
+            pid = the_lab.holder_pid(n.name)
+        except LabError:
+            continue
+        holders.append((pid, system.proc_stat(pid)[1]))
+    pins = contextlib.ExitStack()
+    ns_ids = pins.enter_context(system.pinned_namespaces([the_lab.netns(n.name) for n in the_lab.nodes], holders))
+    bridge = pins.enter_context(system.pinned_namespaces([the_lab.bridge_ns], []))
+    pids = {(pid, st[1]) for pid in system.processes_in(ns_ids) if (st := system.proc_stat(pid))}
+    return {"ns_ids": ns_ids, "bridge_id": next(iter(bridge), None), "pids": pids, "pins": pins,
             "netns": [the_lab.netns(n.name) for n in the_lab.nodes] + [the_lab.bridge_ns]}
+
+
+def release(footprint: dict) -> None:
+    """Close the namespaces a footprint holds open."""
+    footprint["pins"].close()
 
 
 def leftovers(the_lab: Lab, footprint: dict) -> list[str]:
@@ -82,8 +91,8 @@ def leftovers(the_lab: Lab, footprint: dict) -> list[str]:
     found = []
     listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.split()
     found += [f"netns {ns}" for ns in footprint["netns"] if ns in listed]
-    found += [f"process {pid}" for pid in footprint["pids"] if system.alive(pid)]
-    found += [f"process {pid} in lab namespaces" for pid in system.processes_in(footprint["ns_ids"])]
+    found += [f"process {system.describe(pid)}" for pid, start in footprint["pids"] if system.alive(pid, start)]
+    found += [f"process {system.describe(pid)} in lab namespaces" for pid in system.processes_in(footprint["ns_ids"])]
     ids = footprint["ns_ids"] | {footprint["bridge_id"]}
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():

@@ -27,8 +27,8 @@ ACCOUNTING_CONF = "/opt/slurm/etc/slurm_parallelcluster.conf"
 @contextlib.contextmanager
 def fresh_lab(name: str, subnet: str, clusters: list[ClusterSpec]):
     the_lab = Lab(name, subnet, clusters, root=DEFAULT_BASE / name)
-    the_lab.up()
     try:
+        the_lab.up()  # inside the try: an up that fails half-way must not leave daemons running
         yield the_lab
     finally:
         the_lab.down()

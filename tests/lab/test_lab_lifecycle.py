@@ -6,7 +6,7 @@ import os
 import signal
 
 import pytest
-from lab_helpers import lab_footprint, leftovers, submit, wait_job_completed, wait_until
+from lab_helpers import lab_footprint, leftovers, release, submit, wait_job_completed, wait_until
 
 from lab import ClusterSpec, Lab, LabError, system
 from lab.core import DEFAULT_BASE
@@ -33,7 +33,7 @@ def test_second_lab_survives_a_crash_and_goes_down_cleanly(lab):
     lines = []
     again.up(progress=lines.append)
     assert any("removed a previous lab" in line for line in lines), lines
-    assert not [p for p in daemons if system.alive(p)], "daemons of the crashed lab survived up"
+    assert not [p for p in daemons if system.alive(*p)], "daemons of the crashed lab survived up"
     job = submit(again, "solo-head", "--chdir=/tmp", "--wrap", "hostname")
     assert wait_job_completed(again, "solo-head", job)["NodeList"] == "solo-compute-1"
 
@@ -45,6 +45,8 @@ def test_second_lab_survives_a_crash_and_goes_down_cleanly(lab):
     again.down()
     assert leftovers(again, footprint) == []
     assert leftovers(again, crashed) == []
+    release(footprint)
+    release(crashed)
     assert lab.node_states("alpha")["alpha-compute-1"] == "idle"
     again.down()  # idempotent
 

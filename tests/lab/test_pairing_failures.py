@@ -71,8 +71,8 @@ def test_unreachable_accounting_slurmdbd_fails_clearly_before_changing_anything(
     with lab_cloud(lab, {"alpha": ALPHA_TAGS, "beta": BETA_TAGS}) as cloud:
         result, _ = run_logged(cloud, cloud.event_for("beta"))
         assert result["status"] == "FAILED"
-        assert result["error"] == "PrerequisiteFailed"
-        assert "slurmdbd" in result["cause"]
+        assert result["error"] == "CheckPrerequisitesFailed"
+        assert "PrerequisiteFailed" in result["cause"] and "slurmdbd" in result["cause"]
         assert our_rules() == []
     assert sha256(lab, "beta-head", KEY) == keys
 

@@ -95,3 +95,15 @@ def test_the_same_event_delivered_twice_is_handled_once(moto_aws):
     assert "DiscoverFederation" in cloud.state_names(first["executionArn"], REGION)
     assert cloud.state_names(second["executionArn"], REGION)[-1] == "SkipDuplicateDelivery"
     assert second["status"] == "SUCCEEDED"
+
+
+def test_a_failed_pairing_gives_the_federation_back(moto_aws):
+    moto_aws.cluster("alpha", "10.250.0.11", [], {**FEDERATION_TAGS, "slurm-multicluster:role": "accounting"})
+    beta = moto_aws.cluster("beta", "10.250.0.21", [], FEDERATION_TAGS)
+    result = moto_aws.run_event(cloud.stack_status_event(beta.stack_id, "CREATE_COMPLETE", REGION))
+    assert result["status"] == "FAILED" and result["error"] == "ReadSlurmSettingsFailed"
+    states = cloud.state_names(result["executionArn"], REGION)
+    assert states.index("AcquireFederationLease") < states.index("ReleaseFederationLease")
+    table = boto3.client("dynamodb", region_name=REGION).list_tables()["TableNames"]
+    leases = [n for n in table if "FederationLease" in n]
+    assert leases and boto3.client("dynamodb", region_name=REGION).scan(TableName=leases[0])["Items"] == []

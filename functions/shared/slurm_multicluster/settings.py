@@ -19,6 +19,9 @@ class Settings(BaseModel):
     node_command_timeout_seconds: int = 600
     verify_deadline_seconds: int = 120
     stop_member_slurmdbd: bool = True
+    federation_lease_table: str = ""
+    federation_lease_seconds: int = 7200
+    munge_key_bytes: int = 1024
 
     def regions_to_search(self, cluster_region: str) -> list[str]:
         """The regions whose stacks can be federation members: the cluster's, this deployment's, the listed ones."""
@@ -43,4 +46,7 @@ def settings() -> Settings:
         node_command_timeout_seconds=int(env.get("NODE_COMMAND_TIMEOUT_SECONDS", "600")),
         verify_deadline_seconds=int(env.get("VERIFY_DEADLINE_SECONDS", "120")),
         stop_member_slurmdbd=env.get("STOP_MEMBER_SLURMDBD", "true").lower() == "true",
+        federation_lease_table=env.get("FEDERATION_LEASE_TABLE", ""),
+        federation_lease_seconds=int(env.get("FEDERATION_LEASE_SECONDS", "7200")),
+        munge_key_bytes=int(env.get("MUNGE_KEY_BYTES", "1024")),
     )

@@ -357,23 +357,29 @@ write_file_atomically() {
 # ---------------------------------------------------------------- munge keys in Secrets Manager
 
 # read_secret_key SECRET_ID REGION SELECTOR VALUE DEST: decode one version of a munge key secret (base64
-# SecretString, ParallelCluster's MungeKeySecretArn format) into DEST. SELECTOR is --version-stage or
-# --version-id. Returns 1 with a message on stderr when the version cannot be read or is not base64;
-# returns 3 when that version (or the secret) does not exist. Key bytes only go to files under PRIVATE_TMPDIR.
+# SecretString, ParallelCluster's MungeKeySecretArn format) into DEST and set SECRET_VERSION_ID to its version
+# id (one aws call). SELECTOR is --version-stage or --version-id. Returns 1 with a message on stderr when the
+# version cannot be read or is not base64; returns 3 when that version (or the secret) does not exist.
+# Key bytes only ever go to files under PRIVATE_TMPDIR.
+SECRET_VERSION_ID=""
 read_secret_key() {
-    local secret_id=$1 region=$2 selector=$3 value=$4 dest=$5 encoded err
+    local secret_id=$1 region=$2 selector=$3 value=$4 dest=$5 answer encoded err
+    answer="$PRIVATE_TMPDIR/read.out"
     encoded="$PRIVATE_TMPDIR/read.b64"
     err="$PRIVATE_TMPDIR/read.err"
+    SECRET_VERSION_ID=""
     if ! aws secretsmanager get-secret-value --secret-id "$secret_id" --region "$region" "$selector" "$value" \
-        --query SecretString --output text >"$encoded" 2>"$err"; then
+        --query '[VersionId,SecretString]' --output text >"$answer" 2>"$err"; then
+        rm -f -- "$answer"
         if grep -q "ResourceNotFoundException" "$err"; then
-            rm -f -- "$encoded"
             return 3
         fi
         echo "error: cannot read $value of the secret: $(grep -v '^$' "$err" | tail -n1)" >&2
-        rm -f -- "$encoded"
         return 1
     fi
+    cut -f2- <"$answer" >"$encoded"
+    SECRET_VERSION_ID=$(cut -f1 <"$answer")
+    rm -f -- "$answer"
     if [[ $(wc -l <"$encoded") -gt 1 ]] || ! grep -Eq '^[A-Za-z0-9+/]+={0,2}$' "$encoded" ||
         ! base64 -d <"$encoded" >"$dest" 2>/dev/null; then
         echo "error: $value of the secret is not base64 text (a munge key secret holds base64 of the key)" >&2

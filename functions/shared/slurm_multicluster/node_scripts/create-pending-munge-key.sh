@@ -23,7 +23,7 @@
 # Exit status: 0 done, 1 failed or refused, 2 invalid input (nothing changed).
 # Environment: MUNGE_KEY_FILE (/etc/munge/munge.key); the aws CLI's usual credentials and settings.
 set -euo pipefail
-# shellcheck source=common.sh
+# shellcheck source-path=SCRIPTDIR source=common.sh
 . "$(dirname "$0")/common.sh"
 
 RE_VERSION_ID='^[A-Za-z0-9-]{32,64}$'
@@ -57,20 +57,6 @@ local_sha=$(sha256_of "$MUNGE_KEY_FILE")
 make_private_tmpdir
 aws_err="$PRIVATE_TMPDIR/aws.err"
 
-# version_of SELECTOR VALUE: the VersionId of that version, empty when it does not exist; fails (message on
-# stderr) when the secret cannot be read.
-version_of() {
-    local out
-    if out=$(aws secretsmanager get-secret-value --secret-id "$secret_id" --region "$region" "$1" "$2" \
-        --query VersionId --output text 2>"$aws_err"); then
-        printf '%s' "$out"
-        return 0
-    fi
-    grep -q "can't find the specified secret value" "$aws_err" && return 0
-    echo "error: cannot read the secret: $(grep -v '^$' "$aws_err" | tail -n1)" >&2
-    return 1
-}
-
 # stages_of VERSION_ID: the staging labels of that version, space-separated.
 stages_of() {
     local out
@@ -86,13 +72,13 @@ stages_of() {
 current="$PRIVATE_TMPDIR/current.key"
 rc=0
 read_secret_key "$secret_id" "$region" --version-stage AWSCURRENT "$current" || rc=$?
-((rc != 3)) || die "the secret has no AWSCURRENT value: pair the federation before rotating its key"
+((rc != 3)) || die "the secret has no AWSCURRENT value (or does not exist): pair the federation before rotating its key"
 ((rc == 0)) || die "cannot read AWSCURRENT of the secret"
 current_sha=$(sha256_of "$current")
 rm -f -- "$current"
 [[ $current_sha == "$local_sha" ]] ||
     die "the secret's AWSCURRENT (sha256 $current_sha) is not the key this node runs (sha256 $local_sha): refusing to rotate from it"
-current_version=$(version_of --version-stage AWSCURRENT) || die "cannot read the version id of AWSCURRENT"
+current_version=$SECRET_VERSION_ID
 result_str currentSha256 "$current_sha"
 result_str currentVersionId "$current_version"
 
@@ -127,13 +113,11 @@ if ! aws secretsmanager put-secret-value --secret-id "$secret_id" --region "$reg
     CHANGED=false
     die "cannot store the new key as AWSPENDING: $(grep -v '^$' "$aws_err" | tail -n1)"
 fi
-# read back: the pending label is on our version and it holds our key (no other writer raced us)
-pending_version=$(version_of --version-stage AWSPENDING) || die "cannot read back the pending version"
-[[ $pending_version == "$version_id" ]] ||
-    die "after the upload AWSPENDING is not on version $version_id (another writer?)"
+# read back: AWSPENDING is on our version and holds our key (no other writer raced us)
 check="$PRIVATE_TMPDIR/check.key"
-read_secret_key "$secret_id" "$region" --version-id "$version_id" "$check" ||
-    die "cannot read back version $version_id"
+read_secret_key "$secret_id" "$region" --version-stage AWSPENDING "$check" || die "cannot read back AWSPENDING"
+[[ $SECRET_VERSION_ID == "$version_id" ]] ||
+    die "after the upload AWSPENDING is not on version $version_id (another writer?)"
 [[ $(sha256_of "$check") == "$pending_sha" ]] || die "version $version_id does not hold the key just generated"
 result_str sha256 "$pending_sha"
 result_str versionId "$version_id"

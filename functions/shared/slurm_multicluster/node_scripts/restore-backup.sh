@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # restore-backup.sh: undo everything the node scripts changed under one backup id (the saga's compensation).
 #
-# Usage: restore-backup.sh --backup-id ID [--deadline SECONDS]
+# Usage: restore-backup.sh --backup-id ID [--deadline SECONDS] [--restart-failed]
 #   --backup-id ID       the backup to restore (the workflow's execution name)
 #   --deadline SECONDS   how long each daemon gets to become ready after its restart (default 120)
+#   --restart-failed     afterwards also restart munge, slurmdbd, slurmctld and slurmd where they exist and
+#                        are in state "failed" (a daemon that died during the change being undone), even
+#                        when nothing had to be restored or there is no backup
 #
 # Restores every entry of $BACKUP_ROOT/ID/manifest: files get back their exact bytes, mode and owner;
 # "absent:<path>" entries (files that did not exist before) are deleted; a slurmdbd that set-accounting.sh
@@ -21,9 +24,11 @@ set -euo pipefail
 
 backup_id=""
 deadline_seconds=120
+restart_failed=false
 while (($#)); do
     case $1 in
         --backup-id) require_value "$@"; backup_id=$2; shift 2 ;;
+        --restart-failed) restart_failed=true; shift ;;
         --deadline) require_value "$@"; deadline_seconds=$2; shift 2 ;;
         -h | --help) show_help ;;
         *) die_usage "unknown argument '$(sanitize "$1")'" ;;
@@ -40,8 +45,39 @@ report() {
     result_list restarted ${restarted[@]+"${restarted[@]}"}
 }
 
+# restart UNIT: restart and wait until ready, or fail the whole restore.
+restart() {
+    restarted+=("$1")
+    if [[ $1 == munge ]]; then
+        restart_munge $(($(now) + deadline_seconds)) || {
+            report
+            die "munge did not come back after restoring the key"
+        }
+    else
+        restart_slurm_unit "$1" $(($(now) + deadline_seconds)) || {
+            report
+            die "$1 did not come back after the restore"
+        }
+    fi
+}
+
+# restart_failed_units: with --restart-failed, bring back daemons that died (state failed), munge first.
+restart_failed_units() {
+    local unit
+    [[ $restart_failed == true ]] || return 0
+    for unit in munge slurmdbd slurmctld slurmd; do
+        case " ${restarted[*]-} " in *" $unit "*) continue ;; esac
+        if unit_exists "$unit" && [[ $(unit_state "$unit") == failed ]]; then
+            CHANGED=true
+            echo "$unit is in state failed: restarting it" >&2
+            restart "$unit"
+        fi
+    done
+}
+
 if [[ ! -f $BACKUP_ROOT/$backup_id/manifest ]]; then
     result_bool found false
+    restart_failed_units
     report
     finish
 fi
@@ -62,22 +98,6 @@ for path in ${RESTORED_PATHS[@]+"${RESTORED_PATHS[@]}"}; do
     [[ $path != "$SLURM_ETC"/* ]] || config_changed=true
     echo "restored $path" >&2
 done
-
-# restart UNIT: restart and wait until ready, or fail the whole restore.
-restart() {
-    restarted+=("$1")
-    if [[ $1 == munge ]]; then
-        restart_munge $(($(now) + deadline_seconds)) || {
-            report
-            die "munge did not come back after restoring the key"
-        }
-    else
-        restart_slurm_unit "$1" $(($(now) + deadline_seconds)) || {
-            report
-            die "$1 did not come back after the restore"
-        }
-    fi
-}
 
 if [[ $key_changed == true ]] && unit_exists munge; then
     restart munge
@@ -111,5 +131,6 @@ if [[ $key_changed == true || $config_changed == true ]]; then
     done
 fi
 
+restart_failed_units
 report
 finish

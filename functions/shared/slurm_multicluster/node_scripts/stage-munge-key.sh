@@ -27,7 +27,7 @@
 # Exit status: 0 done, 1 failed (what this run staged is removed again), 2 invalid input (nothing changed).
 # Environment: STAGING_ROOT, SHARED_MUNGE_DIRS, BACKUP_ROOT (see common.sh).
 set -euo pipefail
-# shellcheck source=common.sh
+# shellcheck source-path=SCRIPTDIR source=common.sh
 . "$(dirname "$0")/common.sh"
 
 secret_id=""
@@ -87,7 +87,7 @@ else
     source_kind=secret
     rc=0
     read_secret_key "$secret_id" "$region" --version-stage "$version_stage" "$key" || rc=$?
-    ((rc != 3)) || die "the secret has no $version_stage version"
+    ((rc != 3)) || die "the secret has no $version_stage version (or does not exist)"
     ((rc == 0)) || die "cannot read $version_stage of the secret"
 fi
 key_size_ok "$key" || die "the key is $(wc -c <"$key") bytes: a munge key must be 32..1024 bytes"

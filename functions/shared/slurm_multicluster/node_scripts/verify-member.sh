@@ -13,7 +13,8 @@
 #   3. no node of this cluster is DOWN, DRAIN(ED/ING), FAIL(ING), NOT_RESPONDING (`*`) or still UNKNOWN.
 # Read-only: submits nothing (--test-only).
 # Last stdout line, one JSON object: ok, changed (false), cluster, clusters ({name: {controlHost,
-# controlPort}}), submit ({peer: bool}), badNodes (["node state", ...]), elapsedSeconds [, error].
+# controlPort}}), submit ({peer: bool}), badNodes (["node state", ...]), elapsedSeconds, mungeKeySha256 (the
+# fingerprint of the key this node runs, never the key) [, error].
 # Exit status: 0 verified, 1 not verified by the deadline, 2 invalid input.
 set -euo pipefail
 # shellcheck source-path=SCRIPTDIR source=common.sh
@@ -136,6 +137,7 @@ report() {
     result_raw submit "$submit}"
     result_list badNodes ${bad_nodes[@]+"${bad_nodes[@]}"}
     result_raw elapsedSeconds "$(($(now) - started))"
+    result_str_or_null mungeKeySha256 "$(sha256_of "$MUNGE_KEY_FILE")"
 }
 
 while ! check_round; do

@@ -1,0 +1,12 @@
+"""DiscardPendingKey (compensation of CreatePendingKey): the failed key loses its AWSPENDING label."""
+
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from slurm_multicluster import rotation
+from slurm_multicluster.aws import client
+from slurm_multicluster.lambda_step import pairing_step
+
+
+@pairing_step(rotation.RotationState)
+def lambda_handler(state: rotation.RotationState, context: LambdaContext) -> dict:
+    return rotation.discard_pending_key(client, state)

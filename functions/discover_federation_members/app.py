@@ -1,0 +1,14 @@
+"""DiscoverFederationMembers: every member of the federation, with its head, compute and login nodes."""
+
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from slurm_multicluster import rotation
+from slurm_multicluster.aws import client
+from slurm_multicluster.lambda_step import pairing_step
+from slurm_multicluster.settings import settings
+
+
+@pairing_step(rotation.RotationState)
+def lambda_handler(state: rotation.RotationState, context: LambdaContext) -> dict:
+    members = rotation.discover_members(client, state.request, settings())
+    return {"members": [m.state() for m in members]}

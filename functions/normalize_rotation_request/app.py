@@ -1,0 +1,15 @@
+"""NormalizeRotationRequest: validate the manual or scheduled request; derive the new key's version id."""
+
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from slurm_multicluster import rotation
+from slurm_multicluster.lambda_step import logger, tracer
+
+
+@logger.inject_lambda_context
+@tracer.capture_lambda_handler
+def lambda_handler(event: dict, context: LambdaContext) -> dict:
+    # The raw input is untrusted: it is parsed (and rejected) by normalize(), never logged as a whole.
+    request = rotation.normalize(event.get("input"), event.get("executionName", ""), event.get("executionId", ""))
+    logger.info("rotation request", extra={"request": request.state()})
+    return request.state()

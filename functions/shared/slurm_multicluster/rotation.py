@@ -1,0 +1,557 @@
+"""Munge key rotation across a whole federation, as plain functions: the Lambda handlers are thin adapters.
+
+It follows Secrets Manager's rotation protocol on the federation secret, with the key never leaving the nodes:
+create (the accounting head node generates the key and puts it as AWSPENDING), set (every node of every
+member stages it, then all members switch at once), test (the federation works on it), finish (AWSPENDING
+becomes AWSCURRENT, the old key AWSPREVIOUS). Any failure switches every member back to the key that was
+current, verifies the federation works on it, and takes the AWSPENDING label off the new version.
+The Lambdas hold no secretsmanager:GetSecretValue: they see fingerprints and version ids only.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable, Literal
+
+from aws_lambda_powertools import Logger
+from botocore.exceptions import ClientError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from slurm_multicluster import discovery, node_commands
+from slurm_multicluster import validation as v
+from slurm_multicluster.errors import InvalidInput, NodeCommandFailed, PairingError, PrerequisiteFailed, VerificationFailed
+from slurm_multicluster.models import Member, StateModel
+from slurm_multicluster.node_commands import NodeResult
+from slurm_multicluster.settings import Settings
+
+logger = Logger(child=True)
+
+ClientFactory = Callable[[str, str], Any]
+
+# Version ids of rotated keys are derived from the execution ARN in this namespace, so a repeated step of one
+# execution always names the same version (Secrets Manager's ClientRequestToken idempotency).
+VERSION_NAMESPACE = uuid.UUID("0b7c5a3e-58d6-4c1e-9a43-5e1f1f2b6d10")
+EXECUTION_ARN = re.compile(r"^arn:aws[a-z-]*:states:[a-z0-9-]+:\d{12}:execution:[A-Za-z0-9_-]{1,80}:[A-Za-z0-9._-]{1,80}$")
+
+
+class MemberStagingFailed(PairingError):
+    """At least one member could not stage the pending key (the message names them)."""
+
+
+class MemberSwitchFailed(PairingError):
+    """At least one member could not switch to the pending key (the message names them)."""
+
+
+class RollbackFailed(PairingError):
+    """At least one member could not be switched back to the previous key (the message names them)."""
+
+
+# ---------------------------------------------------------------- state
+
+
+class RotationRequest(StateModel):
+    """A validated request to rotate one federation's munge key."""
+
+    federation: str
+    region: str
+    trigger: Literal["manual", "schedule"]
+    execution_name: str
+    version_id: str = Field(description="ClientRequestToken of the new key's version, derived from the execution")
+
+    @field_validator("federation")
+    @classmethod
+    def _federation(cls, value: str) -> str:
+        return v.require(v.FEDERATION_NAME, value, "federation name")
+
+    @field_validator("region")
+    @classmethod
+    def _region(cls, value: str) -> str:
+        return v.require(v.REGION, value, "region")
+
+    @field_validator("execution_name")
+    @classmethod
+    def _execution_name(cls, value: str) -> str:
+        return v.require(v.BACKUP_ID, value, "execution name")
+
+
+class RotationPlan(StateModel):
+    """What the rotation starts from: the secret, the accounting cluster and the key every member runs now."""
+
+    federation: str
+    secret_arn: str
+    secret_region: str
+    accounting_cluster: str
+    clusters: list[str]
+    current_sha256: str
+    current_version_id: str
+
+
+class PendingKey(StateModel):
+    """The new key, by fingerprint and version id only."""
+
+    version_id: str
+    sha256: str
+    key_bytes: int
+
+
+class RotationState(StateModel):
+    """The rotation state machine's state as the whole-federation steps receive it."""
+
+    request: RotationRequest
+    members: list[Member] = []
+    plan: RotationPlan | None = None
+    pending_key: PendingKey | None = None
+
+    def planned(self) -> RotationPlan:
+        if self.plan is None:
+            raise InvalidInput("this step needs the plan made by CheckRotationPrerequisites")
+        return self.plan
+
+    def pending(self) -> PendingKey:
+        if self.pending_key is None:
+            raise InvalidInput("this step needs the pending key made by CreatePendingKey")
+        return self.pending_key
+
+
+class MemberStep(StateModel):
+    """One Map item: what a per-member step (stage, switch, roll back) needs."""
+
+    member: Member
+    request: RotationRequest
+    plan: RotationPlan
+    pending_key: PendingKey | None = None
+
+
+class MemberOutcome(StateModel):
+    """What one member's step did; a failed step is caught in its Map iteration and reported as ok: false."""
+
+    cluster_name: str
+    ok: bool
+    error: str | None = None
+    cause: str | None = None
+    nodes: dict[str, Any] = {}
+
+
+class FederationCheck(RotationState):
+    """TestFederation's input: the state, the fingerprint every head node must run, earlier member outcomes."""
+
+    expect_sha256: str
+    outcomes: list[MemberOutcome] = []
+
+
+class OutcomesCheck(StateModel):
+    """ConfirmEveryMember...: the outcomes of one fan-out step."""
+
+    step: Literal["StagePendingKey", "SwitchMembers"]
+    outcomes: list[MemberOutcome]
+
+
+# ---------------------------------------------------------------- the request
+
+
+class _RotationInput(BaseModel):
+    """What `sam remote invoke` (events/manual-rotate.json) and the schedule pass."""
+
+    model_config = ConfigDict(extra="forbid")
+    federation: str
+    region: str
+    trigger: Literal["manual", "schedule"] = "manual"
+
+
+def version_id_for(execution_id: str) -> str:
+    """The new key's version id for this execution: the same on every retry, different for every execution."""
+    return str(uuid.uuid5(VERSION_NAMESPACE, execution_id))
+
+
+def normalize(event: Any, execution_name: str, execution_id: str) -> RotationRequest:
+    """Validate the input strictly; hostile or malformed values raise InvalidInput before anything runs."""
+    if not isinstance(event, dict):
+        raise InvalidInput("invalid rotation request: expected a JSON object such as events/manual-rotate.json")
+    try:
+        given = _RotationInput.model_validate(event)
+        return RotationRequest(
+            federation=given.federation,
+            region=given.region,
+            trigger=given.trigger,
+            execution_name=execution_name,
+            version_id=version_id_for(v.require(EXECUTION_ARN, execution_id, "execution id")),
+        )
+    except ValidationError as error:
+        # Only field locations and messages: never echo the whole (possibly hostile) input back.
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
+        raise InvalidInput(f"invalid rotation request: {problems}") from None
+
+
+# ---------------------------------------------------------------- discovery and prerequisites
+
+
+def discover_members(clients: ClientFactory, request: RotationRequest, config: Settings) -> list[Member]:
+    """Every live member of the federation, with head, compute and login nodes (AWS side only)."""
+    stacks = discovery.federation_stacks(clients, config.regions_to_search(request.region), request.federation, config)
+    if not stacks:
+        raise PrerequisiteFailed(
+            f"federation {request.federation} has no member: no live ParallelCluster stack is tagged "
+            f"{config.federation_tag_key}={request.federation} in {', '.join(config.regions_to_search(request.region))}"
+        )
+    members = [discovery.member(clients, stack, region, request.federation, config) for region, stack in stacks]
+    logger.info("federation members", extra={"members": [m.cluster_name for m in members]})
+    return members
+
+
+def _current_version(secretsmanager: Any, secret_name: str) -> tuple[str, str]:
+    """(ARN, version id holding AWSCURRENT) of the federation secret; PrerequisiteFailed when it has none."""
+    try:
+        described = secretsmanager.describe_secret(SecretId=secret_name)
+    except ClientError as error:
+        if error.response["Error"]["Code"] == "ResourceNotFoundException":
+            raise PrerequisiteFailed(
+                f"the federation secret {secret_name} does not exist: pair a member first (the pairing creates it)"
+            ) from None
+        raise
+    for version, stages in described.get("VersionIdsToStages", {}).items():
+        if "AWSCURRENT" in stages:
+            return described["ARN"], version
+    raise PrerequisiteFailed(f"the federation secret {secret_name} has no AWSCURRENT value: pair a member first")
+
+
+def check_prerequisites(clients: ClientFactory, request: RotationRequest, members: list[Member], config: Settings) -> RotationPlan:
+    """Everything that must hold before the first change; raises PrerequisiteFailed listing every problem."""
+    accounting = [m for m in members if m.is_accounting]
+    if len(accounting) != 1:
+        names = ", ".join(m.cluster_name for m in accounting) or "none"
+        raise PrerequisiteFailed(
+            f"federation {request.federation} must have exactly one cluster tagged as accounting, found: {names}"
+        )
+    accounting_member = accounting[0]
+    problems = []
+    for member in members:
+        if member.slurm is None:
+            problems.append(f"{member.cluster_name}: its Slurm settings were not read")
+        elif not member.slurm.slurmctld_active:
+            problems.append(f"{member.cluster_name}: slurmctld is not active on its head node")
+    if accounting_member.slurm is not None and not accounting_member.slurm.slurmdbd_active:
+        problems.append(f"{accounting_member.cluster_name}: the federation's slurmdbd is not active")
+    if problems or accounting_member.slurm is None:
+        raise PrerequisiteFailed("; ".join(problems))
+    federation_sha = accounting_member.slurm.munge_key_sha256
+    different = [m.cluster_name for m in members if m.slurm and m.slurm.munge_key_sha256 != federation_sha]
+    if different:
+        raise PrerequisiteFailed(
+            f"{', '.join(different)} run(s) a munge key other than the accounting cluster "
+            f"{accounting_member.cluster_name}'s: pair them (run the pairing workflow) before rotating the key"
+        )
+    secret_name = config.munge_key_secret_name(request.federation)
+    arn, current_version = _current_version(clients("secretsmanager", accounting_member.region), secret_name)
+    return RotationPlan(
+        federation=request.federation,
+        secret_arn=arn,
+        secret_region=accounting_member.region,
+        accounting_cluster=accounting_member.cluster_name,
+        clusters=[m.cluster_name for m in members],
+        current_sha256=federation_sha,
+        current_version_id=current_version,
+    )
+
+
+# ---------------------------------------------------------------- createSecret
+
+
+def _member(members: list[Member], name: str) -> Member:
+    return next(m for m in members if m.cluster_name == name)
+
+
+def _labels(secretsmanager: Any, secret_arn: str) -> dict[str, list[str]]:
+    return secretsmanager.describe_secret(SecretId=secret_arn).get("VersionIdsToStages", {})
+
+
+def create_pending_key(clients: ClientFactory, state: RotationState, config: Settings) -> PendingKey:
+    """The accounting head node generates the new key and puts it as AWSPENDING (version id from the execution)."""
+    plan, request = state.planned(), state.request
+    accounting = _member(state.members, plan.accounting_cluster)
+    result = node_commands.run_script_checked(
+        clients("ssm", accounting.region),
+        [accounting.head_node.instance_id],
+        "create-pending-munge-key.sh",
+        ["--secret-id", plan.secret_arn, "--region", plan.secret_region, "--version-id", request.version_id,
+         "--key-bytes", str(config.munge_key_bytes)],
+        timeout_seconds=120,
+        comment=f"slurm-multicluster: new munge key for {plan.federation} on {accounting.cluster_name}",
+    )[accounting.head_node.instance_id].result
+    if result.get("currentSha256") != plan.current_sha256:
+        raise PrerequisiteFailed("the secret's AWSCURRENT is not the key the federation runs")
+    labels = _labels(clients("secretsmanager", plan.secret_region), plan.secret_arn)
+    if "AWSPENDING" not in labels.get(request.version_id, []):
+        raise NodeCommandFailed(f"version {request.version_id} is not labelled AWSPENDING after createSecret")
+    pending = PendingKey(
+        version_id=request.version_id,
+        sha256=v.require(v.SHA256, result.get("sha256"), "pending key fingerprint"),
+        key_bytes=int(result.get("keyBytes") or 0),
+    )
+    logger.info("pending key created", extra={"pending": pending.state(), "newly_created": result.get("changed")})
+    return pending
+
+
+# ---------------------------------------------------------------- setSecret: stage, then switch
+
+
+def _other_nodes(member: Member) -> list[str]:
+    return member.compute_instance_ids + member.login_instance_ids
+
+
+def _node_summary(results: dict[str, NodeResult]) -> dict[str, Any]:
+    keep = ("changed", "sha256", "restarted", "stagedFiles", "restored", "found")
+    return {i: {k: r.result[k] for k in keep if k in r.result} for i, r in results.items()}
+
+
+def stage_member(clients: ClientFactory, step: MemberStep, config: Settings) -> MemberOutcome:
+    """Stage the pending key on the member's head node (and its shared dirs), then on its other nodes."""
+    member, pending = step.member, step.pending_key
+    if pending is None:
+        raise InvalidInput("StageMemberKey needs the pending key")
+    ssm = clients("ssm", member.region)
+    common = ["--expect-sha256", pending.sha256, "--backup-id", step.request.execution_name]
+    nodes = _node_summary(node_commands.run_script_checked(
+        ssm, [member.head_node.instance_id], "stage-munge-key.sh",
+        ["--secret-id", step.plan.secret_arn, "--region", step.plan.secret_region, "--version-stage", "AWSPENDING",
+         *common, "--shared-dirs"],
+        timeout_seconds=config.node_command_timeout_seconds,
+        comment=f"slurm-multicluster: stage the pending munge key on {member.cluster_name} head node",
+    ))
+    if _other_nodes(member):  # they copy what the head node staged in its NFS-shared munge dir
+        nodes.update(_node_summary(node_commands.run_script_checked(
+            ssm, _other_nodes(member), "stage-munge-key.sh", ["--from-shared-dir", *common],
+            timeout_seconds=config.node_command_timeout_seconds,
+            comment=f"slurm-multicluster: stage the pending munge key on {member.cluster_name} compute nodes",
+        )))
+    return MemberOutcome(cluster_name=member.cluster_name, ok=True, nodes=nodes)
+
+
+def switch_member(clients: ClientFactory, step: MemberStep, config: Settings) -> MemberOutcome:
+    """Switch the member to the staged key: head node (munge, slurmdbd, slurmctld), then compute nodes (munge, slurmd)."""
+    member, pending = step.member, step.pending_key
+    if pending is None:
+        raise InvalidInput("SwitchMember needs the pending key")
+    ssm = clients("ssm", member.region)
+    common = ["--from-staged", "--expect-sha256", pending.sha256, "--backup-id", step.request.execution_name]
+    try:
+        nodes = _node_summary(node_commands.run_script_checked(
+            ssm, [member.head_node.instance_id], "install-munge-key.sh",
+            [*common, "--shared-dirs", "--restart", "slurmdbd,slurmctld"],
+            timeout_seconds=config.node_command_timeout_seconds,
+            comment=f"slurm-multicluster: switch {member.cluster_name} head node to the new munge key",
+        ))
+        if _other_nodes(member):
+            nodes.update(_node_summary(node_commands.run_script_checked(
+                ssm, _other_nodes(member), "install-munge-key.sh", [*common, "--restart", "slurmd"],
+                timeout_seconds=config.node_command_timeout_seconds,
+                comment=f"slurm-multicluster: switch {member.cluster_name} compute nodes to the new munge key",
+            )))
+    except NodeCommandFailed as error:
+        raise NodeCommandFailed(f"{member.cluster_name}: {error}") from None
+    return MemberOutcome(cluster_name=member.cluster_name, ok=True, nodes=nodes)
+
+
+def confirm_outcomes(check: OutcomesCheck) -> list[str]:
+    """The members whose step succeeded; raises naming every member whose step failed."""
+    failed = [o for o in check.outcomes if not o.ok]
+    if failed:
+        details = "; ".join(f"{o.cluster_name}: {o.error}: {o.cause}" for o in failed)
+        names = ", ".join(o.cluster_name for o in failed)
+        error = MemberStagingFailed if check.step == "StagePendingKey" else MemberSwitchFailed
+        raise error(f"{check.step} failed on {names} ({details})")
+    return [o.cluster_name for o in check.outcomes]
+
+
+# ---------------------------------------------------------------- testSecret
+
+
+def _in_parallel(calls: dict[str, Callable[[], Any]]) -> dict[str, Any]:
+    """Run the calls at once; returns name -> result or the exception it raised."""
+    if not calls:
+        return {}
+    with ThreadPoolExecutor(max_workers=min(16, len(calls))) as pool:
+        futures = {name: pool.submit(call) for name, call in calls.items()}
+    results: dict[str, Any] = {}
+    for name, future in futures.items():
+        error = future.exception()
+        results[name] = error if error is not None else future.result()
+    return results
+
+
+def verify_federation(clients: ClientFactory, test: FederationCheck, config: Settings) -> dict[str, Any]:
+    """Prove the federation works on the expected key; raises naming every member that does not.
+
+    On every head node at once: it runs the expected key, `sacctmgr` lists every member with a ControlHost,
+    `sbatch -M <peer> --test-only` works to each peer, no node is down. Then munge credentials go round the
+    ring of head nodes (each decoded by the next), which holds only if all run the same key.
+    """
+    failed_before = [o for o in test.outcomes if not o.ok]
+    if failed_before:
+        details = "; ".join(f"{o.cluster_name}: {o.error}: {o.cause}" for o in failed_before)
+        raise RollbackFailed(f"could not switch back {', '.join(o.cluster_name for o in failed_before)} ({details})")
+    members = test.members
+    names = {m.cluster_name: m.slurm.cluster_name for m in members if m.slurm}
+    deadline = str(config.verify_deadline_seconds)
+    ssm = _ssm_clients(clients, members)
+
+    def verify(member: Member) -> Callable[[], dict[str, Any]]:
+        peers = [name for cluster, name in names.items() if cluster != member.cluster_name]
+        args = ["--peers", ",".join(peers), "--deadline", deadline]
+        return lambda: node_commands.run_script(
+            ssm[member.region], [member.head_node.instance_id], "verify-member.sh", args,
+            timeout_seconds=int(deadline) + 60,
+            comment=f"slurm-multicluster: test {member.cluster_name} in federation {member.federation}",
+        )[member.head_node.instance_id].result
+
+    problems: list[str] = []
+    checks: dict[str, Any] = {}
+    if len(members) > 1:
+        verified = _in_parallel({m.cluster_name: verify(m) for m in members})
+        for cluster, result in verified.items():
+            if isinstance(result, Exception):
+                problems.append(f"{cluster}: {result}")
+            elif not result.get("ok"):
+                problems.append(f"{cluster}: {result.get('error')}")
+            elif result.get("mungeKeySha256") != test.expect_sha256:
+                problems.append(f"{cluster}: its head node runs munge key {result.get('mungeKeySha256')}, "
+                                f"not {test.expect_sha256}")
+            checks[cluster] = result if isinstance(result, dict) else {"error": str(result)}
+        if not problems:
+            checks["munge"] = _munge_ring(ssm, members, problems)
+    else:
+        only = members[0]
+        result = node_commands.run_script(
+            clients("ssm", only.region), [only.head_node.instance_id], "discover-slurm.sh", [],
+            timeout_seconds=120, comment=f"slurm-multicluster: test {only.cluster_name}",
+        )[only.head_node.instance_id].result
+        if result.get("mungeKeySha256") != test.expect_sha256 or not result.get("mungeActive"):
+            problems.append(f"{only.cluster_name}: munge does not run the expected key")
+        checks[only.cluster_name] = {"mungeKeySha256": result.get("mungeKeySha256")}
+    if problems:
+        raise VerificationFailed("; ".join(problems))
+    return checks
+
+
+def _ssm_clients(clients: ClientFactory, members: list[Member]) -> dict[str, Any]:
+    """One SSM client per region, made before any thread uses them (boto3 creates clients unsafely in threads)."""
+    return {region: clients("ssm", region) for region in sorted({m.region for m in members})}
+
+
+def _munge_ring(ssm: dict[str, Any], members: list[Member], problems: list[str]) -> dict[str, bool]:
+    """Each head node's munge credential is decoded by the next head node (the last by the first)."""
+
+    def encode(member: Member) -> Callable[[], str]:
+        return lambda: v.require(v.MUNGE_CREDENTIAL, node_commands.run_script_checked(
+            ssm[member.region], [member.head_node.instance_id], "munge-credential.sh", ["encode"],
+            timeout_seconds=60, comment=f"slurm-multicluster: munge credential from {member.cluster_name}",
+        )[member.head_node.instance_id].result.get("credential"), "munge credential")
+
+    credentials = _in_parallel({m.cluster_name: encode(m) for m in members})
+
+    def decode(source: Member, target: Member) -> Callable[[], dict[str, Any]]:
+        return lambda: node_commands.run_script(
+            ssm[target.region], [target.head_node.instance_id], "munge-credential.sh",
+            ["decode", "--credential", credentials[source.cluster_name]], timeout_seconds=60,
+            comment=f"slurm-multicluster: decode {source.cluster_name}'s credential on {target.cluster_name}",
+        )[target.head_node.instance_id].result
+
+    pairs = {f"{m.cluster_name}->{members[(i + 1) % len(members)].cluster_name}": (m, members[(i + 1) % len(members)])
+             for i, m in enumerate(members)}
+    for name, credential in credentials.items():
+        if isinstance(credential, Exception):
+            problems.append(f"{name}: cannot make a munge credential: {credential}")
+    if problems:
+        return {}
+    decoded = _in_parallel({pair: decode(source, target) for pair, (source, target) in pairs.items()})
+    ring: dict[str, bool] = {}
+    for pair, result in decoded.items():
+        ok = isinstance(result, dict) and result.get("decoded") is True
+        ring[pair] = ok
+        if not ok:
+            status = result.get("status") or result.get("error") if isinstance(result, dict) else str(result)
+            problems.append(f"munge credential {pair} does not decode: {status} (the munge keys differ)")
+    return ring
+
+
+# ---------------------------------------------------------------- finishSecret, and its compensations
+
+
+def finish(clients: ClientFactory, state: RotationState) -> dict[str, Any]:
+    """AWSPENDING -> AWSCURRENT (Secrets Manager moves AWSPREVIOUS to the old version), then drop AWSPENDING."""
+    plan, pending = state.planned(), state.pending()
+    secrets = clients("secretsmanager", plan.secret_region)
+    labels = _labels(secrets, plan.secret_arn)
+    current = next((version for version, stages in labels.items() if "AWSCURRENT" in stages), None)
+    if current != pending.version_id:
+        if current != plan.current_version_id:
+            raise PrerequisiteFailed(
+                f"AWSCURRENT moved to version {current} during the rotation (expected {plan.current_version_id}): "
+                "another writer changed the secret; not finishing"
+            )
+        if "AWSPENDING" not in labels.get(pending.version_id, []):
+            raise PrerequisiteFailed(f"version {pending.version_id} is no longer AWSPENDING; not finishing")
+        secrets.update_secret_version_stage(
+            SecretId=plan.secret_arn, VersionStage="AWSCURRENT",
+            MoveToVersionId=pending.version_id, RemoveFromVersionId=current,
+        )
+        logger.info("finished: AWSCURRENT moved to the new key", extra={"version": pending.version_id, "previous": current})
+    try:  # the rotation is done once AWSCURRENT moved; a leftover AWSPENDING label is only untidy
+        if "AWSPENDING" in _labels(secrets, plan.secret_arn).get(pending.version_id, []):
+            secrets.update_secret_version_stage(
+                SecretId=plan.secret_arn, VersionStage="AWSPENDING", RemoveFromVersionId=pending.version_id)
+    except ClientError:
+        logger.warning("could not remove AWSPENDING from the new version", exc_info=True)
+    return {"versionId": pending.version_id, "previousVersionId": plan.current_version_id,
+            "sha256": pending.sha256, "previousSha256": plan.current_sha256}
+
+
+def discard_pending_key(clients: ClientFactory, state: RotationState) -> dict[str, Any]:
+    """Compensation of CreatePendingKey: take AWSPENDING off this execution's version (AWSCURRENT is untouched)."""
+    plan, request = state.planned(), state.request
+    secrets = clients("secretsmanager", plan.secret_region)
+    stages = _labels(secrets, plan.secret_arn).get(request.version_id, [])
+    if "AWSCURRENT" in stages:
+        # FinishRotation failed after its label move took effect (a lost response): the nodes are back on the
+        # previous key, so the secret must say so too
+        secrets.update_secret_version_stage(
+            SecretId=plan.secret_arn, VersionStage="AWSCURRENT",
+            MoveToVersionId=plan.current_version_id, RemoveFromVersionId=request.version_id)
+        logger.warning("moved AWSCURRENT back to the previous key", extra={"version": plan.current_version_id})
+        stages = _labels(secrets, plan.secret_arn).get(request.version_id, [])
+    if "AWSPENDING" not in stages:
+        return {"discarded": False, "reason": "no pending version of this execution"}
+    secrets.update_secret_version_stage(
+        SecretId=plan.secret_arn, VersionStage="AWSPENDING", RemoveFromVersionId=request.version_id)
+    logger.info("discarded the pending key", extra={"version": request.version_id})
+    return {"discarded": True, "versionId": request.version_id}
+
+
+def roll_back_member(clients: ClientFactory, step: MemberStep, config: Settings) -> MemberOutcome:
+    """Put the member's nodes back on the key that was current (their backups), restart, remove staged copies.
+
+    Every node is tried, head node first; a daemon that died during the rotation is restarted too.
+    """
+    member = step.member
+    ssm = clients("ssm", member.region)
+    args = ["--backup-id", step.request.execution_name, "--restart-failed"]
+    nodes: dict[str, Any] = {}
+    failures: list[str] = []
+    for instance_ids, what in (([member.head_node.instance_id], "head node"), (_other_nodes(member), "compute nodes")):
+        if not instance_ids:
+            continue
+        try:
+            results = node_commands.run_script(
+                ssm, instance_ids, "restore-backup.sh", args,
+                timeout_seconds=config.node_command_timeout_seconds,
+                comment=f"slurm-multicluster: switch {member.cluster_name} {what} back to the previous munge key",
+            )
+        except PairingError as error:
+            failures.append(f"{what}: {error}")
+            continue
+        nodes.update(_node_summary(results))
+        failures += [f"{i}: {r.result.get('error') or r.status}" for i, r in results.items() if not r.ok]
+    if failures:
+        raise RollbackFailed(f"{member.cluster_name}: {'; '.join(failures)}")
+    return MemberOutcome(cluster_name=member.cluster_name, ok=True, nodes=nodes)
