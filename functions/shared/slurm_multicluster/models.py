@@ -2,12 +2,25 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 from pydantic.alias_generators import to_camel
 
 from slurm_multicluster import validation as v
+
+
+def _matching(pattern, what: str) -> AfterValidator:
+    return AfterValidator(lambda value: v.require(pattern, value, what))
+
+
+# Strings from outside, checked where a model is built (InvalidInput names the field and the rule).
+ClusterName = Annotated[str, _matching(v.CLUSTER_NAME, "stack name")]
+SlurmClusterName = Annotated[str, _matching(v.SLURM_CLUSTER_NAME, "Slurm ClusterName")]
+FederationName = Annotated[str, _matching(v.FEDERATION_NAME, "federation name")]
+Region = Annotated[str, _matching(v.REGION, "region")]
+ExecutionName = Annotated[str, _matching(v.BACKUP_ID, "execution name")]
+Sha256 = Annotated[str, _matching(v.SHA256, "munge key fingerprint")]
 
 
 class StateModel(BaseModel):
@@ -25,28 +38,13 @@ class PairingRequest(StateModel):
 
     action: Literal["pair", "ignore"]
     reason: str = ""
-    stack_name: str
+    stack_name: ClusterName
     stack_id: str | None = None
-    region: str
+    region: Region
     dry_run: bool = False
     trigger: str
     event_id: str | None = None
-    execution_name: str
-
-    @field_validator("stack_name")
-    @classmethod
-    def _stack_name(cls, value: str) -> str:
-        return v.require(v.CLUSTER_NAME, value, "stack name")
-
-    @field_validator("region")
-    @classmethod
-    def _region(cls, value: str) -> str:
-        return v.require(v.REGION, value, "region")
-
-    @field_validator("execution_name")
-    @classmethod
-    def _execution_name(cls, value: str) -> str:
-        return v.require(v.BACKUP_ID, value, "execution name")
+    execution_name: ExecutionName
 
 
 class HeadNode(StateModel):
@@ -62,7 +60,7 @@ class HeadNode(StateModel):
 class SlurmSettings(StateModel):
     """The live Slurm facts a head node reports (discover-slurm.sh); never key material, only its fingerprint."""
 
-    cluster_name: str
+    cluster_name: SlurmClusterName
     slurmctld_host: str | None = None
     slurmctld_port: str
     accounting_storage_type: str | None = None
@@ -76,28 +74,18 @@ class SlurmSettings(StateModel):
     slurm_version: str
     slurmdbd_version: str | None = None
     munge_version: str | None = None
-    munge_key_sha256: str
+    munge_key_sha256: Sha256
     registered_clusters: list[str] = []  # "name=ControlHost" in this node's slurmdbd (accounting head only)
 
     def control_hosts(self) -> dict[str, str]:
         """ClusterName -> ControlHost registered in this node's slurmdbd ("" when not connected)."""
         return dict(entry.split("=", 1) for entry in self.registered_clusters if "=" in entry)
 
-    @field_validator("cluster_name")
-    @classmethod
-    def _cluster_name(cls, value: str) -> str:
-        return v.require(v.SLURM_CLUSTER_NAME, value, "Slurm ClusterName")
-
     @field_validator("slurmctld_port")
     @classmethod
     def _ports(cls, value: str) -> str:
         v.port_range(value, "SlurmctldPort")
         return value
-
-    @field_validator("munge_key_sha256")
-    @classmethod
-    def _sha(cls, value: str) -> str:
-        return v.require(v.SHA256, value, "munge key fingerprint")
 
 
 class Member(StateModel):

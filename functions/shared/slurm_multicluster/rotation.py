@@ -17,12 +17,12 @@ from typing import Any, Callable, Literal
 
 from aws_lambda_powertools import Logger
 from botocore.exceptions import ClientError
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from slurm_multicluster import discovery, node_commands
 from slurm_multicluster import validation as v
 from slurm_multicluster.errors import InvalidInput, NodeCommandFailed, PairingError, PrerequisiteFailed, VerificationFailed
-from slurm_multicluster.models import Member, StateModel
+from slurm_multicluster.models import ExecutionName, FederationName, Member, Region, StateModel
 from slurm_multicluster.node_commands import NodeResult
 from slurm_multicluster.settings import Settings
 
@@ -54,26 +54,11 @@ class RollbackFailed(PairingError):
 class RotationRequest(StateModel):
     """A validated request to rotate one federation's munge key."""
 
-    federation: str
-    region: str
+    federation: FederationName
+    region: Region
     trigger: Literal["manual", "schedule"]
-    execution_name: str
+    execution_name: ExecutionName
     version_id: str = Field(description="ClientRequestToken of the new key's version, derived from the execution")
-
-    @field_validator("federation")
-    @classmethod
-    def _federation(cls, value: str) -> str:
-        return v.require(v.FEDERATION_NAME, value, "federation name")
-
-    @field_validator("region")
-    @classmethod
-    def _region(cls, value: str) -> str:
-        return v.require(v.REGION, value, "region")
-
-    @field_validator("execution_name")
-    @classmethod
-    def _execution_name(cls, value: str) -> str:
-        return v.require(v.BACKUP_ID, value, "execution name")
 
 
 class RotationPlan(StateModel):
