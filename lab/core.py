@@ -490,12 +490,19 @@ class Lab:
         binds = [(str(d / sub), target) for sub, target, _, _ in NODE_DIRS]
         binds += [(str(c / "etc"), config.SLURM_ETC), (str(c / "etc"), "/etc/slurm"),
                   (str(c / "shared"), config.SHARED_DIR), (str(self.root / "hosts"), "/etc/hosts")]
+        venv = (REPO / ".venv").resolve()
+        if any(venv.is_relative_to(target) for _, target, _, _ in NODE_DIRS):
+            # The checkout (and so the venv holding the `aws` CLI) is under a directory each node replaces,
+            # e.g. /tmp: keep a handle on it before the node's own /tmp is mounted, then put it back in place.
+            stash = str(self.root / "host-venv")
+            binds = [(str(venv), stash), *binds, (stash, str(venv))]
         return binds
 
     def _prepare_files(self) -> None:
         for sub in ("nodes", "clusters", "bin"):
             shutil.rmtree(self.root / sub, ignore_errors=True)
         _mkdir(self.root, "root:root", 0o755)
+        (self.root / "host-venv").mkdir(exist_ok=True)  # mount point for the venv when nodes hide its path
         # mount points on the host (empty directories; never removed: another lab may be using them)
         for _, target, _, _ in NODE_DIRS:
             Path(target).mkdir(parents=True, exist_ok=True)

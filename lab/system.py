@@ -24,6 +24,8 @@ hostname "$host"
 # (other labs' too); they would keep those namespaces alive after `ip netns del`. Drop them here.
 umount -l /run/netns 2>/dev/null || true
 while [ "$#" -gt 0 ]; do
+  # a directory target may not exist yet inside a node's own dir (the venv put back under its /tmp)
+  [ -e "$2" ] || [ ! -d "$1" ] || mkdir -p "$2"
   mount --bind "$1" "$2"
   shift 2
 done
