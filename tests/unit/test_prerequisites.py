@@ -55,3 +55,13 @@ def test_a_cluster_name_left_by_a_deleted_cluster_is_reused():
     alpha = _member("alpha", accounting=True, dbd_version="23.11.10")
     alpha.slurm.registered_clusters = ["alpha=10.0.0.1", "beta="]  # no ControlHost: nothing is running there
     check_prerequisites(REQUEST, [alpha, _member("beta")])
+
+
+def test_verification_skips_members_not_yet_paired():
+    from slurm_multicluster.pairing import verification_peers
+
+    alpha = _member("alpha", accounting=True, dbd_version="23.11.10")
+    alpha.slurm.registered_clusters = ["alpha=10.0.0.1", "gamma=10.0.0.3", "delta="]
+    members = [alpha, _member("beta"), _member("gamma"), _member("delta"), _member("epsilon")]
+    # epsilon was created at the same moment and waits for its own pairing; delta's slurmctld is gone.
+    assert verification_peers(members[1], alpha, members) == ["alpha", "gamma"]

@@ -281,7 +281,7 @@ def verify(clients: ClientFactory, the_plan: Plan, members: list[Member], config
     accounting = _member(members, the_plan.accounting_cluster)
     assert new.slurm
     deadline = config.verify_deadline_seconds
-    peers = {new.cluster_name: [m.slurm.cluster_name for m in members if m.cluster_name != new.cluster_name and m.slurm]}
+    peers = {new.cluster_name: verification_peers(new, accounting, members)}
     if accounting.cluster_name != new.cluster_name:
         peers[accounting.cluster_name] = [new.slurm.cluster_name]
     checks: dict[str, Any] = {}
@@ -303,6 +303,19 @@ def verify(clients: ClientFactory, the_plan: Plan, members: list[Member], config
     if accounting.cluster_name != new.cluster_name:
         checks["munge"] = _munge_round_trips(clients, [new, accounting])
     return checks
+
+
+def verification_peers(new: Member, accounting: Member, members: list[Member]) -> list[str]:
+    """The ClusterNames the new member must reach: the accounting cluster and every member already paired
+    (registered in accounting with a live slurmctld). A member created at the same moment and still waiting
+    for its own pairing is not a reason to fail this one."""
+    assert accounting.slurm
+    live = {name for name, host in accounting.slurm.control_hosts().items() if host}
+    return [
+        m.slurm.cluster_name
+        for m in members
+        if m.cluster_name != new.cluster_name and m.slurm and (m.cluster_name == accounting.cluster_name or m.slurm.cluster_name in live)
+    ]
 
 
 def _on_heads(clients: ClientFactory, heads: list[Member], script: str, args_for: Callable[[Member], list[str]],
