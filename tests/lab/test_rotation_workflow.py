@@ -105,7 +105,16 @@ def job_state(lab: Lab, node: str, cluster: str, job_id: int) -> str:
 
 
 def jobs_in_every_direction(lab: Lab) -> dict[str, dict[str, str]]:
-    """From every head node to every other cluster: submitted with sbatch -M, completed on its compute node."""
+    """From every head node to every other cluster: submitted with sbatch -M, completed on its compute node.
+
+    First waits until every cluster is reachable from every head: `-M` resolves a cluster through slurmdbd,
+    which has no ControlHost for a slurmctld that restarted moments ago and has not registered again."""
+    for src in CLUSTERS:
+        for dst in CLUSTERS:
+            if src != dst:
+                wait_until(lambda src=src, dst=dst: lab.exec(f"{src}-head", [
+                    "sbatch", f"--clusters={dst}", "--test-only", "--wrap", "true"]).returncode == 0,
+                    60, f"{dst} reachable with sbatch -M from {src}")
     submitted = {(src, dst): submit(lab, f"{src}-head", f"--clusters={dst}", "--wrap", "hostname")
                  for src in CLUSTERS for dst in CLUSTERS if src != dst}
     return {f"{src}->{dst}": wait_job_completed_on(lab, f"{src}-head", dst, job) for (src, dst), job in submitted.items()}
