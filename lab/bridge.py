@@ -18,7 +18,6 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
-import boto3
 import requests
 
 from lab import cloud
@@ -183,8 +182,3 @@ def lab_cloud(
         commands = stack.enter_context(cloud.ssm_runs_on(execute, routable=lambda i: i in node_of_instance))
         yield LabCloud(lab, deployment, clusters, commands, endpoint, node_of_instance)
 
-
-def secret_versions(region: str, secret_id: str) -> dict[str, list[str]]:
-    """Version id -> staging labels of a secret (to check the federation key without reading it)."""
-    described = boto3.client("secretsmanager", region_name=region).describe_secret(SecretId=secret_id)
-    return described.get("VersionIdsToStages", {})
