@@ -34,6 +34,7 @@ SSM_OUTPUT_LIMIT = 24000  # GetCommandInvocation truncates stdout/stderr here
 MOTO_CONFIG = {"stepfunctions": {"execute_state_machine": True}, "lambda": {"use_docker": False}}
 PAIRING_STATE_MACHINE = "PairingStateMachine"
 ROTATION_STATE_MACHINE = "RotationStateMachine"
+SWEEP_STATE_MACHINE = "SweepStateMachine"
 # moto logs every failed state at ERROR with its whole parse tree; the execution history says the same, briefly.
 logging.getLogger("moto.stepfunctions.parser").setLevel(logging.CRITICAL)
 LAYER = REPO / "functions" / "shared"  # the SAM layer, /opt/python on Lambda: importable here too
@@ -137,6 +138,9 @@ def deploy(region: str, parameters: dict[str, str] | None = None, stack: str = "
                 AttributeDefinitions=props["AttributeDefinitions"], KeySchema=props["KeySchema"],
             )
             refs[logical] = name
+        if resource["Type"] == "AWS::Serverless::StateMachine":  # known before it exists: functions may refer to it
+            arn = f"arn:aws:states:{region}:{ACCOUNT_ID}:stateMachine:{stack}-{logical}"
+            refs[logical], attrs[(logical, "Arn")], attrs[(logical, "Name")] = arn, arn, f"{stack}-{logical}"
 
     iam = boto3.client("iam", region_name=region)
     role_arn = iam.create_role(RoleName=f"{stack}-{uuid.uuid4().hex[:8]}", AssumeRolePolicyDocument="{}")["Role"]["Arn"]

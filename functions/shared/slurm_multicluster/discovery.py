@@ -133,20 +133,26 @@ LIVE_STATUSES = {"CREATE_COMPLETE", "UPDATE_COMPLETE", "UPDATE_ROLLBACK_COMPLETE
                  "UPDATE_COMPLETE_CLEANUP_IN_PROGRESS"}
 
 
+def live_stacks(clients: ClientFactory, regions: list[str]) -> list[tuple[str, dict[str, Any]]]:
+    """(region, stack) of every live stack (created or updated, not being deleted) in ``regions``."""
+    return [
+        (region, stack)
+        for region in regions
+        for page in clients("cloudformation", region).get_paginator("describe_stacks").paginate()
+        for stack in page["Stacks"]
+        if stack["StackStatus"] in LIVE_STATUSES
+    ]
+
+
 def federation_stacks(clients: ClientFactory, regions: list[str], federation: str, config: Settings) -> list[tuple[str, dict[str, Any]]]:
     """(region, stack) of every live top-level ParallelCluster stack tagged into ``federation``."""
     found = []
-    for region in regions:
-        paginator = clients("cloudformation", region).get_paginator("describe_stacks")
-        for page in paginator.paginate():
-            for stack in page["Stacks"]:
-                if stack["StackStatus"] not in LIVE_STATUSES:
-                    continue
-                try:
-                    name, _ = membership(stack, config)
-                except InvalidInput:
-                    logger.warning("ignoring stack with an invalid federation tag", extra={"stack": stack["StackName"]})
-                    continue
-                if name == federation:
-                    found.append((region, stack))
+    for region, stack in live_stacks(clients, regions):
+        try:
+            name, _ = membership(stack, config)
+        except InvalidInput:
+            logger.warning("ignoring stack with an invalid federation tag", extra={"stack": stack["StackName"]})
+            continue
+        if name == federation:
+            found.append((region, stack))
     return found

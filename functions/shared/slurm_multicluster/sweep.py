@@ -1,0 +1,316 @@
+"""The drift sweep: every tagged cluster checked (and repaired) by the pairing workflow, one report.
+
+The pairing state machine already knows what drift is: its plan lists exactly what differs from a paired
+cluster (missing ingress rules, another munge key, accounting lines, its own slurmdbd still running), a dryRun
+returns that plan, and a real run repairs only that, verifies, and rolls back on failure. The sweep therefore
+starts one pairing execution per tagged cluster (manual request format), one at a time, polls it, and turns
+the plans it returns into a report. The Lambdas here are thin adapters over these functions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any, Callable, Literal
+
+from aws_lambda_powertools import Logger
+from botocore.exceptions import ClientError
+from pydantic import BaseModel, ConfigDict, StrictBool, ValidationError
+
+from slurm_multicluster import discovery
+from slurm_multicluster import validation as v
+from slurm_multicluster.errors import InvalidInput
+from slurm_multicluster.models import ClusterName, ExecutionName, FederationName, Region, StateModel
+from slurm_multicluster.settings import Settings
+
+logger = Logger(child=True)
+
+ClientFactory = Callable[[str, str], Any]
+
+REPORT_SOURCE = "slurm-multicluster"
+REPORT_DETAIL_TYPE = "Slurm Federation Drift Report"
+FIRST_POLL_SECONDS = 2
+LONGEST_POLL_SECONDS = 30  # a pairing that repairs takes minutes on AWS: poll less often as it goes on
+
+
+# ---------------------------------------------------------------- state
+
+
+class SweepRequest(StateModel):
+    """A validated sweep request."""
+
+    dry_run: bool
+    federation: FederationName | None = None
+    trigger: Literal["manual", "schedule"]
+    execution_name: ExecutionName
+
+
+class SweepState(StateModel):
+    request: SweepRequest
+
+
+class TaggedCluster(StateModel):
+    """One cluster the sweep checks."""
+
+    cluster: ClusterName
+    federation: FederationName
+    region: Region
+    is_accounting: bool = False
+
+
+class UncheckedStack(StateModel):
+    """A stack the sweep could not check (an invalid federation tag value): a failed line of the report."""
+
+    cluster: str
+    region: str
+    error: str
+
+
+class SweepClusters(StateModel):
+    clusters: list[TaggedCluster]
+    unchecked: list[UncheckedStack] = []
+
+
+class PairingRun(StateModel):
+    """One Map item: a cluster and the pairing execution that checks it."""
+
+    request: SweepRequest
+    cluster: TaggedCluster
+    execution_arn: str | None = None
+    poll_seconds: int = FIRST_POLL_SECONDS
+
+
+class ClusterResult(StateModel):
+    """How one cluster's pairing run ended (status RUNNING while the Map keeps polling)."""
+
+    cluster: str
+    federation: str
+    region: str = ""
+    status: str
+    execution_arn: str | None = None
+    plan: dict[str, Any] | None = None
+    error: str | None = None
+    cause: str | None = None
+
+
+class ReportInput(StateModel):
+    request: SweepRequest
+    unchecked: list[UncheckedStack] = []
+    results: list[ClusterResult] = []
+
+
+class DriftedCluster(StateModel):
+    cluster: str
+    federation: str
+    drift: list[str]
+
+
+class FailedCluster(StateModel):
+    cluster: str
+    federation: str | None = None
+    error: str
+
+
+class SweepReport(StateModel):
+    """What the sweep found (and, without dryRun, repaired): the output and the report event's detail."""
+
+    dry_run: bool
+    federation: str | None = None
+    checked: list[str]
+    in_sync: list[str]
+    drifted: list[DriftedCluster]
+    repaired: list[DriftedCluster]
+    failed: list[FailedCluster]
+
+
+# ---------------------------------------------------------------- the request
+
+
+class _SweepInput(BaseModel):
+    """What the schedule (`{"trigger": "schedule", "dryRun": ...}`) and events/manual-sweep.json pass."""
+
+    model_config = ConfigDict(extra="forbid")
+    dryRun: StrictBool = False  # noqa: N815 (the input's own field name)
+    federation: str | None = None
+    trigger: Literal["manual", "schedule"] = "manual"
+
+
+def normalize(event: Any, execution_name: str) -> SweepRequest:
+    """Validate the input strictly; hostile or malformed values raise InvalidInput before anything runs."""
+    if not isinstance(event, dict):
+        raise InvalidInput("invalid sweep request: expected a JSON object such as events/manual-sweep.json")
+    try:
+        given = _SweepInput.model_validate(event)
+        return SweepRequest(dry_run=given.dryRun, federation=given.federation, trigger=given.trigger,
+                            execution_name=execution_name)
+    except ValidationError as error:
+        # Only field locations and messages: never echo the whole (possibly hostile) input back.
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
+        raise InvalidInput(f"invalid sweep request: {problems}") from None
+
+
+# ---------------------------------------------------------------- the clusters
+
+
+def tagged_clusters(clients: ClientFactory, request: SweepRequest, config: Settings) -> SweepClusters:
+    """Every live top-level ParallelCluster stack carrying the federation tag in the configured regions (only
+    ``request.federation``'s when given). Members go before their federation's accounting cluster, so its
+    verification sees the members already repaired. A stack whose tag value is invalid is reported, not dropped."""
+    clusters, unchecked = [], []
+    for region, stack in discovery.live_stacks(clients, config.regions_to_search(config.deployment_region)):
+        try:
+            federation, _ = discovery.membership(stack, config)
+            if federation is None or (request.federation and federation != request.federation):
+                continue
+            clusters.append(TaggedCluster(
+                cluster=stack["StackName"], federation=federation, region=region,
+                is_accounting=discovery.tags_of(stack).get(config.role_tag_key) == config.accounting_role,
+            ))
+        except (InvalidInput, ValidationError) as error:
+            unchecked.append(UncheckedStack(cluster=stack["StackName"], region=region, error=str(error).splitlines()[0]))
+    clusters.sort(key=lambda c: (c.federation, c.is_accounting, c.cluster, c.region))
+    logger.info("clusters to sweep", extra={"clusters": [c.cluster for c in clusters],
+                                            "unchecked": [u.cluster for u in unchecked]})
+    return SweepClusters(clusters=clusters, unchecked=unchecked)
+
+
+# ---------------------------------------------------------------- one pairing run per cluster
+
+
+def pairing_execution_name(sweep_execution: str, cluster: str) -> str:
+    """Deterministic per (sweep execution, cluster), so a retried start finds its execution; at most 80 chars."""
+    digest = hashlib.sha256(sweep_execution.encode()).hexdigest()[:12]
+    return v.require(v.BACKUP_ID, f"sweep-{digest}-{cluster}", "pairing execution name")
+
+
+def start_pairing_run(sfn: Any, pairing_state_machine_arn: str, run: PairingRun) -> PairingRun:
+    """Start the pairing state machine on one cluster with the manual request format (dryRun as the sweep's)."""
+    name = pairing_execution_name(run.request.execution_name, run.cluster.cluster)
+    pairing_input = {"stackName": run.cluster.cluster, "region": run.cluster.region, "dryRun": run.request.dry_run}
+    try:
+        arn = sfn.start_execution(stateMachineArn=pairing_state_machine_arn, name=name,
+                                  input=json.dumps(pairing_input))["executionArn"]
+    except ClientError as error:
+        if error.response["Error"]["Code"] != "ExecutionAlreadyExists":
+            raise
+        # A retried step: the execution this sweep started for this cluster already runs (or ran).
+        arn = pairing_state_machine_arn.replace(":stateMachine:", ":execution:") + f":{name}"
+    logger.info("pairing run started", extra={"cluster": run.cluster.cluster, "execution": arn})
+    return run.model_copy(update={"execution_arn": arn, "poll_seconds": FIRST_POLL_SECONDS})
+
+
+def check_pairing_run(sfn: Any, run: PairingRun) -> dict[str, Any]:
+    """The run's status; once it ended, its plan (SUCCEEDED) or error and cause. While RUNNING, the next poll
+    interval (doubling up to LONGEST_POLL_SECONDS) rides along for the Wait state."""
+    described = sfn.describe_execution(executionArn=run.execution_arn)
+    status = described["status"]
+    result = ClusterResult(cluster=run.cluster.cluster, federation=run.cluster.federation, region=run.cluster.region,
+                           status=status, execution_arn=run.execution_arn)
+    if status == "SUCCEEDED":
+        output = json.loads(described.get("output") or "null")
+        if isinstance(output, dict) and "alreadyPaired" in output:
+            result.plan = output
+        else:  # the pairing ended without a plan (e.g. the stack lost its tag meanwhile)
+            result.status, result.error = "FAILED", "NoPlan"
+            result.cause = "the pairing run ended without a plan: the cluster is no longer a federation member"
+    elif status != "RUNNING":
+        result.error = described.get("error") or status
+        result.cause = described.get("cause") or ""
+    if status == "RUNNING":
+        return {**run.state(), "status": status, "pollSeconds": min(LONGEST_POLL_SECONDS, run.poll_seconds * 2)}
+    return result.state()
+
+
+# ---------------------------------------------------------------- the report
+
+
+def _rule_key(rule: dict[str, Any]) -> tuple[Any, ...]:
+    return (rule.get("region"), rule.get("groupId"), rule.get("fromPort"), rule.get("toPort"),
+            rule.get("sourceGroupId"), rule.get("sourceCidr"))
+
+
+def missing_rules_by_cluster(results: list[ClusterResult]) -> dict[str, int]:
+    """Missing ingress rules counted once each, on the cluster whose security group lacks them.
+
+    A rule between two members is in both members' plans; counted on its target, the report says which
+    cluster drifted instead of blaming both ends."""
+    checked = {r.cluster for r in results}
+    seen: dict[tuple[Any, ...], str] = {}
+    for result in results:
+        for rule in (result.plan or {}).get("ingressRules", []):
+            target = rule.get("targetCluster") if rule.get("targetCluster") in checked else result.cluster
+            seen.setdefault(_rule_key(rule), target)
+    counts: dict[str, int] = {}
+    for target in seen.values():
+        counts[target] = counts.get(target, 0) + 1
+    return counts
+
+
+def drift_items(plan: dict[str, Any], missing_rules: int) -> list[str]:
+    """The plan's differences from a paired cluster, in an admin's words."""
+    items = []
+    if missing_rules:
+        items.append(f"{missing_rules} missing ingress rule{'s' if missing_rules > 1 else ''}")
+    if (plan.get("mungeKey") or {}).get("installOnHead"):
+        items.append("munge key differs")
+    accounting = plan.get("accounting") or {}
+    if accounting.get("change"):
+        current = (f"{accounting.get('currentHost')}:{accounting.get('currentPort') or ''}".rstrip(":")
+                   if accounting.get("currentHost") else "no slurmdbd")
+        items.append(f"accounting points at {current} not {accounting.get('host')}:{accounting.get('port')}")
+    if accounting.get("stopLocalSlurmdbd"):
+        items.append("own slurmdbd still running")
+    return items
+
+
+def concise(cause: str) -> str:
+    """A failed run's cause without the Lambda error payload around its message (no stack traces in reports)."""
+    start = cause.find("{")
+    if start < 0:
+        return cause
+    try:
+        payload = json.loads(cause[start:])
+    except ValueError:
+        return cause
+    if isinstance(payload, dict) and "errorMessage" in payload:
+        return cause[:start] + str(payload["errorMessage"])
+    return cause
+
+
+def report(given: ReportInput) -> SweepReport:
+    """The sweep report: which clusters are in sync, drifted, were repaired (not with dryRun), or failed."""
+    rules = missing_rules_by_cluster(given.results)
+    in_sync, drifted, repaired = [], [], []
+    failed = [FailedCluster(cluster=u.cluster, error=f"not checked: {u.error}") for u in given.unchecked]
+    for result in given.results:
+        if result.status != "SUCCEEDED" or result.plan is None:
+            failed.append(FailedCluster(cluster=result.cluster, federation=result.federation,
+                                        error=f"{result.error}: {concise(result.cause)}" if result.cause else str(result.error)))
+            continue
+        items = drift_items(result.plan, rules.get(result.cluster, 0))
+        if not items:
+            in_sync.append(result.cluster)
+            continue
+        line = DriftedCluster(cluster=result.cluster, federation=result.federation, drift=items)
+        drifted.append(line)
+        if not given.request.dry_run:
+            repaired.append(line)  # the pairing run SUCCEEDED: it applied its plan and verified the cluster
+    return SweepReport(
+        dry_run=given.request.dry_run,
+        federation=given.request.federation,
+        checked=[r.cluster for r in given.results],
+        in_sync=in_sync,
+        drifted=drifted,
+        repaired=repaired,
+        failed=failed,
+    )
+
+
+def publish(events: Any, bus: str, the_report: SweepReport, execution_name: str) -> None:
+    """One "Slurm Federation Drift Report" event on the bus the pairing events go to."""
+    detail = {**the_report.state(), "execution": execution_name}
+    response = events.put_events(Entries=[{
+        "EventBusName": bus, "Source": REPORT_SOURCE, "DetailType": REPORT_DETAIL_TYPE, "Detail": json.dumps(detail),
+    }])
+    if response.get("FailedEntryCount"):
+        raise RuntimeError(f"the drift report event was not accepted: {response['Entries']}")

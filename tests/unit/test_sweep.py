@@ -1,0 +1,81 @@
+"""The drift sweep's plain functions: request validation, pairing run names, the report (workflow: tests/workflow)."""
+
+from __future__ import annotations
+
+import pytest
+
+from slurm_multicluster import sweep
+from slurm_multicluster import validation as v
+from slurm_multicluster.errors import InvalidInput
+
+REQUEST = {"dryRun": True, "trigger": "manual", "executionName": "sweep-1"}
+
+
+def rule(group: str, target: str, source: str) -> dict:
+    return {"region": "us-east-1", "groupId": group, "fromPort": 6820, "toPort": 6829, "sourceGroupId": f"sg-{source}",
+            "targetCluster": target, "sourceCluster": source}
+
+
+def plan(cluster: str, rules=(), key=False, accounting=None) -> dict:
+    return {"clusterName": cluster, "alreadyPaired": not (rules or key or accounting), "ingressRules": list(rules),
+            "mungeKey": {"installOnHead": key}, "accounting": accounting}
+
+
+def result(cluster: str, the_plan=None, **kwargs) -> dict:
+    return {"cluster": cluster, "federation": "hpc", "status": "SUCCEEDED" if the_plan else "FAILED",
+            "plan": the_plan, **kwargs}
+
+
+def test_the_schedule_and_a_manual_request_are_accepted():
+    assert sweep.normalize({"trigger": "schedule", "dryRun": True}, "e1").dry_run is True
+    manual = sweep.normalize({"federation": "hpc"}, "e2")
+    assert (manual.dry_run, manual.federation, manual.trigger) == (False, "hpc", "manual")
+
+
+@pytest.mark.parametrize("given", [None, "hpc", {"dryRun": "yes"}, {"dryRun": 1}, {"federation": "a b"},
+                                   {"federation": "$(id)"}, {"trigger": "event"}, {"stackName": "beta"}])
+def test_malformed_requests_are_refused(given):
+    with pytest.raises(InvalidInput, match="invalid"):
+        sweep.normalize(given, "e1")
+
+
+def test_pairing_run_names_are_deterministic_valid_and_short():
+    longest = "c" + "x" * 59
+    name = sweep.pairing_execution_name("f" * 80, longest)
+    assert name == sweep.pairing_execution_name("f" * 80, longest) != sweep.pairing_execution_name("g", longest)
+    assert len(name) <= 80 and v.BACKUP_ID.fullmatch(name)
+
+
+def test_each_drift_is_said_in_an_admins_words():
+    accounting = {"change": True, "currentHost": "10.0.0.21", "currentPort": 6819, "host": "10.0.0.11", "port": 6819,
+                  "stopLocalSlurmdbd": True}
+    assert sweep.drift_items(plan("beta", key=True, accounting=accounting), 2) == [
+        "2 missing ingress rules", "munge key differs", "accounting points at 10.0.0.21:6819 not 10.0.0.11:6819",
+        "own slurmdbd still running"]
+    unset = {"change": True, "currentHost": None, "currentPort": None, "host": "10.0.0.11", "port": 6819}
+    assert sweep.drift_items(plan("beta", accounting=unset), 1) == [
+        "1 missing ingress rule", "accounting points at no slurmdbd not 10.0.0.11:6819"]
+
+
+def test_a_missing_rule_counts_once_on_the_cluster_whose_group_lacks_it():
+    missing = rule("sg-beta", "beta", "alpha")  # in both clusters' plans
+    given = sweep.ReportInput.model_validate({"request": REQUEST, "results": [
+        result("beta", plan("beta", [missing])), result("alpha", plan("alpha", [missing]))]})
+    report = sweep.report(given)
+    assert report.in_sync == ["alpha"]
+    assert [(d.cluster, d.drift) for d in report.drifted] == [("beta", ["1 missing ingress rule"])]
+    assert report.repaired == []  # dryRun
+
+
+def test_without_dry_run_a_drifted_cluster_whose_run_succeeded_is_repaired_and_failures_are_lines():
+    given = sweep.ReportInput.model_validate({
+        "request": {**REQUEST, "dryRun": False},
+        "unchecked": [{"cluster": "gamma", "region": "us-east-1", "error": "invalid tag"}],
+        "results": [result("beta", plan("beta", key=True)),
+                    result("delta", error="VerifyPairingFailed", cause='NodeCommandFailed: {"errorMessage": "slurmctld down", "stackTrace": []}')],
+    })
+    report = sweep.report(given)
+    assert [(d.cluster, d.drift) for d in report.repaired] == [("beta", ["munge key differs"])]
+    assert {f.cluster: f.error for f in report.failed} == {
+        "gamma": "not checked: invalid tag", "delta": "VerifyPairingFailed: NodeCommandFailed: slurmctld down"}
+    assert report.checked == ["beta", "delta"]
