@@ -1,0 +1,222 @@
+"""The config snippet for clusters created later: refusals (moto), and ParallelCluster's own schema accepting it."""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+from pathlib import Path
+
+import boto3
+import pytest
+import yaml
+from moto import mock_aws
+
+from lab.cloud import LambdaContext
+from lab.parallelcluster import create_cluster, create_network
+from slurm_multicluster import aws, config_snippet
+from slurm_multicluster.errors import InvalidInput, PrerequisiteFailed
+from slurm_multicluster.settings import Settings
+
+REGION = "us-east-1"
+FEDERATION = "hpc"
+ACCOUNTING_TAGS = {"slurm-multicluster:federation": FEDERATION, "slurm-multicluster:role": "accounting"}
+MEMBER_TAGS = {"slurm-multicluster:federation": FEDERATION}
+SECRET = f"slurm-multicluster/{FEDERATION}/munge-key"
+APP = Path(__file__).resolve().parents[2] / "functions" / "generate_config_snippet" / "app.py"
+
+
+@pytest.fixture
+def moto(monkeypatch):
+    for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_SESSION_TOKEN": "testing",
+                       "AWS_DEFAULT_REGION": REGION, "AWS_REGION": REGION, "POWERTOOLS_TRACE_DISABLED": "true"}.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    aws.client.cache_clear()
+    with mock_aws():
+        yield create_network(REGION, "10.250.0.0/24")
+    aws.client.cache_clear()
+
+
+def _request(**given):
+    return config_snippet.SnippetRequest.model_validate({"federation": FEDERATION, "region": REGION, **given})
+
+
+def _generate(**given):
+    return config_snippet.generate(aws.client, _request(**given), Settings(deployment_region=REGION))
+
+
+@pytest.fixture
+def handler():
+    spec = importlib.util.spec_from_file_location("generate_config_snippet_app", APP)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.lambda_handler
+
+
+# ---------------------------------------------------------------- refusals
+
+
+@pytest.mark.parametrize("event", [
+    {"federation": "$(reboot)", "region": REGION},
+    {"federation": "../../etc/passwd", "region": REGION},
+    {"federation": "hpc\nrm -rf /", "region": REGION},
+    {"federation": FEDERATION, "region": "us-east-1; id"},
+    {"federation": FEDERATION, "region": "mars"},
+    {"federation": FEDERATION, "region": REGION, "role": "admin"},
+    {"federation": FEDERATION, "region": REGION, "secretName": "other/secret"},
+    {"federation": FEDERATION},
+    {},
+])
+def test_hostile_or_malformed_requests_are_refused_as_invalid_input(handler, moto, event):
+    with pytest.raises(InvalidInput):
+        handler(event, LambdaContext("GenerateConfigSnippetFunction", "arn:aws:lambda:us-east-1:123456789012:function:x"))
+
+
+def test_a_federation_whose_secret_does_not_exist_has_not_been_paired_yet(moto):
+    create_cluster(moto, "alpha", "10.250.0.11", [], ACCOUNTING_TAGS)
+    create_cluster(moto, "beta", "10.250.0.21", [], MEMBER_TAGS)
+    for role in ("member", "accounting"):
+        with pytest.raises(PrerequisiteFailed, match=f"no cluster of federation {FEDERATION} has been paired yet, "
+                                                     "pair the accounting cluster first"):
+            _generate(role=role)
+
+
+def test_a_federation_secret_without_a_current_key_has_not_been_paired_yet(moto):
+    create_cluster(moto, "alpha", "10.250.0.11", [], ACCOUNTING_TAGS)
+    boto3.client("secretsmanager", region_name=REGION).create_secret(Name=SECRET)  # created, key never uploaded
+    with pytest.raises(PrerequisiteFailed, match="has been paired yet.*no AWSCURRENT"):
+        _generate()
+
+
+def test_two_accounting_clusters_are_refused_naming_both(moto):
+    create_cluster(moto, "alpha", "10.250.0.11", [], ACCOUNTING_TAGS)
+    create_cluster(moto, "gamma", "10.250.0.31", [], ACCOUNTING_TAGS)
+    boto3.client("secretsmanager", region_name=REGION).create_secret(Name=SECRET, SecretString="a2V5")
+    for role in ("member", "accounting"):
+        with pytest.raises(PrerequisiteFailed, match="exactly one cluster tagged.*alpha, gamma"):
+            _generate(role=role)
+
+
+def test_a_member_snippet_needs_an_accounting_cluster(moto):
+    create_cluster(moto, "beta", "10.250.0.21", [], MEMBER_TAGS)
+    boto3.client("secretsmanager", region_name=REGION).create_secret(Name=SECRET, SecretString="a2V5")
+    with pytest.raises(PrerequisiteFailed, match="no cluster tagged slurm-multicluster:role=accounting"):
+        _generate()
+
+
+def test_clusters_of_other_federations_do_not_count(moto):
+    create_cluster(moto, "alpha", "10.250.0.11", [], ACCOUNTING_TAGS)
+    create_cluster(moto, "other", "10.250.0.41", [], {"slurm-multicluster:federation": "lab",
+                                                      "slurm-multicluster:role": "accounting"})
+    boto3.client("secretsmanager", region_name=REGION).create_secret(Name=SECRET, SecretString="a2V5")
+    assert _generate(role="accounting").role == "accounting"
+
+
+# ---------------------------------------------------------------- the accounting variant (no node is asked)
+
+
+def test_the_accounting_snippet_keeps_the_database_and_carries_the_role_tag(moto):
+    create_cluster(moto, "alpha", "10.250.0.11", [], ACCOUNTING_TAGS)
+    arn = boto3.client("secretsmanager", region_name=REGION).create_secret(Name=SECRET, SecretString="a2V5")["ARN"]
+    snippet = _generate(role="accounting")
+    parsed = yaml.safe_load(snippet.yaml)
+    assert parsed == snippet.config
+    assert parsed["Scheduling"]["SlurmSettings"] == {"MungeKeySecretArn": arn}  # Database stays the admin's
+    assert {"Key": "slurm-multicluster:role", "Value": "accounting"} in parsed["Tags"]
+    assert {"Policy": "arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore"} in parsed["HeadNode"]["Iam"]["AdditionalIamPolicies"]
+    assert snippet.minimum_parallelcluster_version == "3.8.0"
+    assert "# " in snippet.yaml and "3.8.0" in snippet.yaml and "a2V5" not in snippet.yaml
+
+
+# ---------------------------------------------------------------- ParallelCluster's own schema
+
+MINIMAL_CLUSTER = """
+Region: us-east-1
+Image: {Os: alinux2023}
+HeadNode:
+  InstanceType: c6g.large
+  Networking: {SubnetId: subnet-0123456789abcdef0}
+  Ssh: {KeyName: admin}
+Scheduling:
+  Scheduler: slurm
+  SlurmQueues:
+    - Name: q1
+      ComputeResources: [{Name: c1, InstanceType: c6g.large, MinCount: 0, MaxCount: 4}]
+      Networking: {SubnetIds: [subnet-0123456789abcdef0]}
+"""
+DATABASE = {"Uri": "accounting.cluster-abc.us-east-1.rds.amazonaws.com:3306", "UserName": "slurm",
+            "PasswordSecretArn": "arn:aws:secretsmanager:us-east-1:123456789012:secret:slurm-db-AbCdEf"}
+ARN = f"arn:aws:secretsmanager:us-east-1:123456789012:secret:{SECRET}-AbCdEf"
+
+
+def _merged(snippet: dict, base: dict) -> dict:
+    """What an admin gets by pasting the snippet into a config (maps merged, lists extended)."""
+    merged = copy.deepcopy(base)
+    for key, value in snippet.items():
+        if isinstance(value, dict):
+            merged[key] = _merged(value, merged.get(key, {}))
+        elif isinstance(value, list):
+            merged[key] = [*merged.get(key, []), *value]
+        else:
+            merged[key] = value
+    return merged
+
+
+def _rendered(role: str) -> str:
+    settings = Settings()
+    if role == "member":
+        endpoint = config_snippet.AccountingEndpoint(cluster_name="alpha", region=REGION, host="10.250.0.11", port=6819)
+        return config_snippet.render(config_snippet.member_config(FEDERATION, ARN, endpoint, settings),
+                                     *config_snippet._member_comments(FEDERATION, endpoint, settings))
+    return config_snippet.render(config_snippet.accounting_config(FEDERATION, ARN, settings),
+                                 *config_snippet._accounting_comments(FEDERATION, settings))
+
+
+def _load_with_parallelcluster(config: dict, monkeypatch):
+    pcluster_schema = pytest.importorskip("pcluster.schemas.cluster_schema", reason="aws-parallelcluster not installed")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)  # pcluster's defaults read the region; no AWS call is made
+    return pcluster_schema.ClusterSchema(cluster_name="beta").load(config)
+
+
+def _failures(validator, **kwargs) -> list[str]:
+    return [failure.message for failure in validator().execute(**kwargs)]
+
+
+def test_parallelcluster_accepts_a_member_config_with_the_snippet(monkeypatch):
+    from_yaml = yaml.safe_load(_rendered("member"))
+    cluster = _load_with_parallelcluster(_merged(from_yaml, yaml.safe_load(MINIMAL_CLUSTER)), monkeypatch)
+    from pcluster.validators import slurm_settings_validator as checks
+
+    settings = cluster.scheduling.settings
+    assert settings.munge_key_secret_arn == ARN
+    assert (settings.external_slurmdbd.host, settings.external_slurmdbd.port) == ("10.250.0.11", 6819)
+    assert settings.database is None
+    assert _failures(checks.ExternalSlurmdbdRequiresCustomMungeKey, external_slurmdbd=settings.external_slurmdbd,
+                     munge_key_secret_arn=settings.munge_key_secret_arn) == []
+    assert _failures(checks.ExternalSlurmdbdVsDatabaseIncompatibility, database=settings.database,
+                     external_slurmdbd=settings.external_slurmdbd) == []
+    assert {tag.key: tag.value for tag in cluster.tags}["slurm-multicluster:federation"] == FEDERATION
+    assert "slurm-multicluster:role" not in {tag.key for tag in cluster.tags}
+    assert [p.policy for p in cluster.head_node.iam.additional_iam_policies] == [
+        "arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore"]
+
+
+def test_parallelcluster_accepts_the_accounting_snippet_beside_the_admins_database(monkeypatch):
+    base = yaml.safe_load(MINIMAL_CLUSTER)
+    base["Scheduling"]["SlurmSettings"] = {"Database": DATABASE}
+    cluster = _load_with_parallelcluster(_merged(yaml.safe_load(_rendered("accounting")), base), monkeypatch)
+    settings = cluster.scheduling.settings
+    assert settings.munge_key_secret_arn == ARN and settings.database.uri == DATABASE["Uri"]
+    assert settings.external_slurmdbd is None
+
+
+def test_parallelcluster_would_refuse_the_member_snippet_beside_a_database(monkeypatch):
+    """Why the member snippet drops Database: the two cannot be combined (so a wrong merge is caught)."""
+    base = yaml.safe_load(MINIMAL_CLUSTER)
+    base["Scheduling"]["SlurmSettings"] = {"Database": DATABASE}
+    cluster = _load_with_parallelcluster(_merged(yaml.safe_load(_rendered("member")), base), monkeypatch)
+    from pcluster.validators import slurm_settings_validator as checks
+
+    settings = cluster.scheduling.settings
+    assert _failures(checks.ExternalSlurmdbdVsDatabaseIncompatibility, database=settings.database,
+                     external_slurmdbd=settings.external_slurmdbd) != []
