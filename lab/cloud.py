@@ -34,6 +34,7 @@ SSM_OUTPUT_LIMIT = 24000  # GetCommandInvocation truncates stdout/stderr here
 MOTO_CONFIG = {"stepfunctions": {"execute_state_machine": True}, "lambda": {"use_docker": False}}
 PAIRING_STATE_MACHINE = "PairingStateMachine"
 ROTATION_STATE_MACHINE = "RotationStateMachine"
+UNPAIRING_STATE_MACHINE = "UnpairingStateMachine"
 SWEEP_STATE_MACHINE = "SweepStateMachine"
 # moto logs every failed state at ERROR with its whole parse tree; the execution history says the same, briefly.
 logging.getLogger("moto.stepfunctions.parser").setLevel(logging.CRITICAL)
@@ -75,7 +76,7 @@ class Deployment:
     region: str
     state_machine_arn: str  # the pairing state machine (the one EventBridge rules start)
     function_code: dict[str, Path]  # function name -> CodeUri directory
-    rule_patterns: list[dict[str, Any]]
+    rule_patterns: list[tuple[str, dict[str, Any]]]  # (state machine logical id, EventBridge pattern)
     parameters: dict[str, str]
     functions: dict[str, str] = field(default_factory=dict)  # logical id -> function name
     state_machines: dict[str, str] = field(default_factory=dict)  # logical id -> ARN, every state machine
@@ -166,7 +167,7 @@ def deploy(region: str, parameters: dict[str, str] | None = None, stack: str = "
         functions[logical] = name
 
     state_machines: dict[str, str] = {}
-    patterns: list[dict[str, Any]] = []
+    patterns: list[tuple[str, dict[str, Any]]] = []
     events = boto3.client("events", region_name=region)
     for logical, machine in resources.items():
         if machine["Type"] != "AWS::Serverless::StateMachine":
@@ -177,12 +178,12 @@ def deploy(region: str, parameters: dict[str, str] | None = None, stack: str = "
         state_machines[logical] = boto3.client("stepfunctions", region_name=region).create_state_machine(
             name=f"{stack}-{logical}", definition=definition, roleArn=role_arn
         )["stateMachineArn"]
-        if logical != PAIRING_STATE_MACHINE:
-            continue  # only the pairing is started by event rules (schedules never fire in moto)
-        patterns = [event["Properties"]["Pattern"] for event in machine["Properties"].get("Events", {}).values()
-                    if event["Type"] == "EventBridgeRule"]
-        for index, pattern in enumerate(patterns):
+        # Event rules (schedules never fire in moto): route_event starts every state machine a rule matches.
+        rules = [resolve(event["Properties"]["Pattern"]) for event in machine["Properties"].get("Events", {}).values()
+                 if event["Type"] == "EventBridgeRule"]
+        for index, pattern in enumerate(rules):
             events.put_rule(Name=f"{stack}-{logical}-{index}", EventPattern=json.dumps(pattern))
+        patterns += [(logical, pattern) for pattern in rules]
     return Deployment(region, state_machines[PAIRING_STATE_MACHINE], function_code, patterns, params, functions,
                       state_machines)
 
@@ -325,17 +326,24 @@ def route_event(deployment: Deployment, event: dict[str, Any]) -> str | None:
     """Deliver ``event`` as EventBridge would: start the state machine if a template rule matches.
 
     Returns the execution ARN, or None when no rule matches. The event is also put on the bus, so it is
-    recorded like any other.
+    recorded like any other. When rules of several state machines match (a tag change starts both the pairing
+    and the unpairing, and each acts only on its own action), all start: see ``route_event_to_all``.
     """
+    started = route_event_to_all(deployment, event)
+    return next(iter(started.values()), None)
+
+
+def route_event_to_all(deployment: Deployment, event: dict[str, Any]) -> dict[str, str]:
+    """Deliver ``event`` to every state machine with a matching rule; logical id -> execution ARN."""
     from moto.events.models import EventPattern
 
     boto3.client("events", region_name=deployment.region).put_events(Entries=[{
         "Source": event["source"], "DetailType": event["detail-type"], "Detail": json.dumps(event["detail"]),
         "Resources": event.get("resources", []),
     }])
-    if not any(EventPattern.load(json.dumps(p)).matches_event(event) for p in deployment.rule_patterns):
-        return None
-    return start_execution(deployment, event)
+    matching = dict.fromkeys(logical for logical, pattern in deployment.rule_patterns
+                             if EventPattern.load(json.dumps(pattern)).matches_event(event))
+    return {logical: start_execution(deployment, event, logical) for logical in matching}
 
 
 def start_execution(deployment: Deployment, execution_input: dict[str, Any],
@@ -364,6 +372,22 @@ def stack_status_event(stack_id: str, status: str, region: str, event_id: str | 
             "status-details": {"status": status, "status-reason": ""},
             "client-request-token": "",
         },
+    }
+
+
+def tag_change_event(stack_id: str, region: str, changed: list[str], tags: dict[str, str]) -> dict[str, Any]:
+    """An aws.tag "Tag Change on Resource" event for a stack: ``tags`` are its tags after the change."""
+    return {
+        "version": "0",
+        "id": str(uuid.uuid4()),
+        "detail-type": "Tag Change on Resource",
+        "source": "aws.tag",
+        "account": ACCOUNT_ID,
+        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "region": region,
+        "resources": [stack_id],
+        "detail": {"changed-tag-keys": changed, "service": "cloudformation", "resource-type": "stack", "version": 2,
+                   "tags": tags},
     }
 
 

@@ -1,8 +1,9 @@
-"""NormalizeTrigger: validate the CloudFormation event or manual request that started the workflow."""
+"""NormalizeTrigger: validate the CloudFormation event, tag change or manual request that started the workflow."""
 
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from slurm_multicluster.lambda_step import logger, tracer
+from slurm_multicluster.settings import settings
 from slurm_multicluster.triggers import normalize
 
 
@@ -10,6 +11,7 @@ from slurm_multicluster.triggers import normalize
 @tracer.capture_lambda_handler
 def lambda_handler(event: dict, context: LambdaContext) -> dict:
     # The raw trigger is untrusted: it is parsed (and rejected) by normalize(), never logged as a whole.
-    request = normalize(event.get("event", {}), event.get("executionName", ""))
-    logger.info("pairing request", extra={"request": request.state()})
+    workflow = event.get("workflow", "pairing")
+    request = normalize(event.get("event", {}), event.get("executionName", ""), workflow, settings().federation_tag_key)
+    logger.info(f"{workflow} request", extra={"request": request.state()})
     return request.state()

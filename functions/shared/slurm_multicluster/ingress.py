@@ -18,6 +18,8 @@ logger = Logger(child=True)
 
 OWNER_TAG = "slurm-multicluster:federation"
 EXECUTION_TAG = "slurm-multicluster:execution"
+SOURCE_CLUSTER_TAG = "slurm-multicluster:source-cluster"
+TARGET_CLUSTER_TAG = "slurm-multicluster:target-cluster"
 
 
 def _rule(source: Member, target: Member, purpose: str, ports: tuple[int, int]) -> IngressRule:
@@ -114,8 +116,8 @@ def authorize(ec2_for: Callable[[str], Any], rules: list[IngressRule], federatio
                         "Tags": [
                             {"Key": OWNER_TAG, "Value": federation},
                             {"Key": EXECUTION_TAG, "Value": execution},
-                            {"Key": "slurm-multicluster:source-cluster", "Value": rule.source_cluster},
-                            {"Key": "slurm-multicluster:target-cluster", "Value": rule.target_cluster},
+                            {"Key": SOURCE_CLUSTER_TAG, "Value": rule.source_cluster},
+                            {"Key": TARGET_CLUSTER_TAG, "Value": rule.target_cluster},
                         ],
                     }
                 ],
@@ -154,3 +156,36 @@ def rules_added_by(ec2_for: Callable[[str], Any], regions: list[str], execution:
                 for r in page["SecurityGroupRules"]
             ]
     return found
+
+
+def _our_rules(ec2_for: Callable[[str], Any], regions: list[str], filters: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
+    """(region, rule) of every rule carrying our owner tag that matches ``filters``."""
+    found = []
+    for region in regions:
+        paginator = ec2_for(region).get_paginator("describe_security_group_rules")
+        for page in paginator.paginate(Filters=[{"Name": "tag-key", "Values": [OWNER_TAG]}, *filters]):
+            found += [(region, rule) for rule in page["SecurityGroupRules"]]
+    return found
+
+
+def federations_of(ec2_for: Callable[[str], Any], regions: list[str], cluster_name: str) -> list[str]:
+    """The federations whose rules (ours) name ``cluster_name`` as source or target: where it was paired."""
+    names = set()
+    for tag in (SOURCE_CLUSTER_TAG, TARGET_CLUSTER_TAG):
+        for _, rule in _our_rules(ec2_for, regions, [{"Name": f"tag:{tag}", "Values": [cluster_name]}]):
+            names.update(t["Value"] for t in rule.get("Tags", []) if t["Key"] == OWNER_TAG)
+    return sorted(names)
+
+
+def rules_touching(ec2_for: Callable[[str], Any], regions: list[str], federation: str, cluster_name: str,
+                   group_ids: list[str]) -> list[AddedRule]:
+    """Every rule this product added in ``federation`` that sits on or references one of ``group_ids``, or names
+    ``cluster_name`` as its source or target (a /32 rule from another region, a group the stack does not own)."""
+    groups = set(group_ids)
+    touching = []
+    for region, rule in _our_rules(ec2_for, regions, [{"Name": f"tag:{OWNER_TAG}", "Values": [federation]}]):
+        tags = {t["Key"]: t["Value"] for t in rule.get("Tags", [])}
+        if (rule["GroupId"] in groups or rule.get("ReferencedGroupInfo", {}).get("GroupId") in groups
+                or cluster_name in (tags.get(SOURCE_CLUSTER_TAG), tags.get(TARGET_CLUSTER_TAG))):
+            touching.append(AddedRule(region=region, group_id=rule["GroupId"], rule_id=rule["SecurityGroupRuleId"]))
+    return touching

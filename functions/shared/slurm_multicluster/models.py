@@ -36,12 +36,13 @@ class StateModel(BaseModel):
 class PairingRequest(StateModel):
     """A validated request to pair one cluster (from an EventBridge event or a manual invocation)."""
 
-    action: Literal["pair", "ignore"]
+    action: Literal["pair", "unpair", "ignore"]
     reason: str = ""
     stack_name: ClusterName
     stack_id: str | None = None
     region: Region
     dry_run: bool = False
+    remove_from_accounting: bool | None = None  # unpairing: None = the deployment's UnpairRemovesAccounting
     trigger: str
     event_id: str | None = None
     execution_name: ExecutionName

@@ -63,8 +63,23 @@ def access_policy(secret_arn: str, members: list[Member]) -> dict[str, Any]:
     return {"Version": "2012-10-17", "Statement": statements}
 
 
-def grant_members(secretsmanager: Any, secret_arn: str, members: list[Member]) -> None:
-    """Set the resource policy for the current member list (idempotent: the policy is computed, not appended)."""
+def secret_arn(secretsmanager: Any, name: str) -> str | None:
+    """The ARN of the secret called ``name``, or None when it does not exist."""
+    try:
+        return secretsmanager.describe_secret(SecretId=name)["ARN"]
+    except ClientError as error:
+        if error.response["Error"]["Code"] == "ResourceNotFoundException":
+            return None
+        raise
+
+
+def set_access(secretsmanager: Any, secret_arn: str, members: list[Member]) -> list[str]:
+    """Make the resource policy grant exactly ``members``' head node roles (computed, not appended, so a member
+    that left loses access); no role left -> no policy. Returns the reader role ARNs."""
     policy = access_policy(secret_arn, members)
     if policy["Statement"]:
         secretsmanager.put_resource_policy(SecretId=secret_arn, ResourcePolicy=json.dumps(policy))
+    else:
+        secretsmanager.delete_resource_policy(SecretId=secret_arn)
+    logger.info("secret access set", extra={"secret": secret_arn, "members": [m.cluster_name for m in members]})
+    return sorted({m.head_node.role_arn for m in members if m.head_node.role_arn})

@@ -216,7 +216,7 @@ def sync_munge_key(clients: ClientFactory, the_plan: Plan, members: list[Member]
     accounting = _member(members, the_plan.accounting_cluster)
     secrets = clients("secretsmanager", accounting.region)
     arn, has_value = munge_secret.ensure_secret(secrets, the_plan.munge_key.secret_name, the_plan.federation, config.federation_tag_key)
-    munge_secret.grant_members(secrets, arn, members)
+    munge_secret.set_access(secrets, arn, members)
     outcome: dict[str, Any] = {"secretArn": arn, "uploaded": False, "installedOn": []}
     if not has_value:
         results = node_commands.run_script_checked(

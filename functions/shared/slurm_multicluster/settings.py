@@ -22,6 +22,7 @@ class Settings(BaseModel):
     federation_lease_table: str = ""
     federation_lease_seconds: int = 7200
     munge_key_bytes: int = 1024
+    unpair_removes_accounting: bool = False
 
     def regions_to_search(self, cluster_region: str) -> list[str]:
         """The regions whose stacks can be federation members: the cluster's, this deployment's, the listed ones."""
@@ -49,4 +50,5 @@ def settings() -> Settings:
         federation_lease_table=env.get("FEDERATION_LEASE_TABLE", ""),
         federation_lease_seconds=int(env.get("FEDERATION_LEASE_SECONDS", "7200")),
         munge_key_bytes=int(env.get("MUNGE_KEY_BYTES", "1024")),
+        unpair_removes_accounting=env.get("UNPAIR_REMOVES_ACCOUNTING", "false").lower() == "true",
     )

@@ -1,4 +1,8 @@
-"""Turn what starts a pairing (a CloudFormation status event or a manual request) into a PairingRequest."""
+"""Turn what starts a workflow (a CloudFormation status event, a tag change or a manual request) into a PairingRequest.
+
+Both the pairing and the unpairing state machines start with this normalization; each goes on only for its own
+action ("pair" or "unpair") and ends at once for the other.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +18,9 @@ from slurm_multicluster.models import PairingRequest
 # CREATE_COMPLETE pairs a new cluster; UPDATE_COMPLETE re-applies what `pcluster update-cluster` regenerated
 # (slurm_parallelcluster.conf): the pairing only changes what drifted, so an update without drift restarts nothing.
 PAIRING_STATUSES = {"CREATE_COMPLETE", "UPDATE_COMPLETE"}
+# DELETE_IN_PROGRESS unpairs while the cluster's security groups still exist: a rule of ours that references them
+# would make CloudFormation's deletion of the group fail (DependencyViolation).
+UNPAIRING_STATUSES = {"DELETE_IN_PROGRESS"}
 
 
 class StackStatusDetails(BaseModel):
@@ -32,13 +39,29 @@ class StackStatusChangeEvent(EventBridgeModel):
     detail: StackStatusChange
 
 
+class TagChange(BaseModel):
+    """The detail of an aws.tag "Tag Change on Resource" event: the resource's tags after the change."""
+
+    changed_tag_keys: list[str] = Field(alias="changed-tag-keys")
+    service: str
+    resource_type: str = Field(alias="resource-type")
+    tags: dict[str, str] = {}
+
+
+class TagChangeEvent(EventBridgeModel):
+    """EventBridge "Tag Change on Resource" (source aws.tag), for a CloudFormation stack."""
+
+    detail: TagChange
+
+
 class ManualRequest(BaseModel):
-    """What an admin passes to `sam remote invoke` (events/manual-pair.json)."""
+    """What an admin passes to `sam remote invoke` (events/manual-pair.json, events/manual-unpair.json)."""
 
     model_config = ConfigDict(populate_by_name=True, extra="forbid")
     stack_name: str = Field(alias="stackName")
     region: str
     dry_run: bool = Field(default=False, alias="dryRun")
+    remove_from_accounting: bool | None = Field(default=None, alias="removeFromAccounting")
 
 
 def _stack_name_from_arn(arn: str) -> tuple[str, str]:
@@ -48,16 +71,46 @@ def _stack_name_from_arn(arn: str) -> tuple[str, str]:
     return match["name"], match["region"]
 
 
-def normalize(event: dict[str, Any], execution_name: str) -> PairingRequest:
-    """Validate the trigger strictly; hostile or malformed values raise InvalidInput before anything else runs."""
+def _tag_change(event: dict[str, Any], execution_name: str, tag_key: str) -> PairingRequest:
+    """Opt in (the federation tag added or changed) or opt out (the tag removed) of a stack."""
+    parsed = TagChangeEvent.model_validate(event)
+    if not parsed.resources:
+        raise InvalidInput("invalid tag change event: no resource")
+    name, region = _stack_name_from_arn(parsed.resources[0])
+    tagged = tag_key in parsed.detail.tags
+    relevant = (parsed.detail.service, parsed.detail.resource_type) == ("cloudformation", "stack") and (
+        tag_key in parsed.detail.changed_tag_keys)
+    action = "ignore" if not relevant else "pair" if tagged else "unpair"
+    return PairingRequest(
+        action=action,
+        reason=f"tag {tag_key} {'set' if tagged else 'removed'}" if relevant else "tag change not about the federation tag",
+        stack_name=name,
+        stack_id=parsed.resources[0],
+        region=v.require(v.REGION, region, "region"),
+        trigger="tag-added" if tagged else "tag-removed",
+        event_id=parsed.id,
+        execution_name=execution_name,
+    )
+
+
+def normalize(event: dict[str, Any], execution_name: str, workflow: str = "pairing",
+              tag_key: str = "slurm-multicluster:federation") -> PairingRequest:
+    """Validate the trigger strictly; hostile or malformed values raise InvalidInput before anything else runs.
+
+    ``workflow`` ("pairing" or "unpairing") is the state machine asking: a manual request means its action.
+    """
+    if workflow not in ("pairing", "unpairing"):
+        raise InvalidInput(f"invalid workflow {workflow!r}: must be pairing or unpairing")
     try:
+        if event.get("detail-type") == "Tag Change on Resource":
+            return _tag_change(event, execution_name, tag_key)
         if "detail-type" in event:
             parsed = StackStatusChangeEvent.model_validate(event)
             name, region = _stack_name_from_arn(parsed.detail.stack_id)
             status = parsed.detail.status_details.status
-            pair = status in PAIRING_STATUSES
+            action = "pair" if status in PAIRING_STATUSES else "unpair" if status in UNPAIRING_STATUSES else "ignore"
             return PairingRequest(
-                action="pair" if pair else "ignore",
+                action=action,
                 reason=f"stack status {status}",
                 stack_name=name,
                 stack_id=parsed.detail.stack_id,
@@ -67,12 +120,18 @@ def normalize(event: dict[str, Any], execution_name: str) -> PairingRequest:
                 execution_name=execution_name,
             )
         manual = ManualRequest.model_validate(event)
+        unpair = workflow == "unpairing"
+        if manual.remove_from_accounting is not None and not unpair:
+            raise InvalidInput("invalid pairing request: removeFromAccounting is an unpairing option")
+        if manual.dry_run and unpair:
+            raise InvalidInput("invalid unpairing request: dryRun is a pairing option")
         return PairingRequest(
-            action="pair",
+            action="unpair" if unpair else "pair",
             reason="manual request",
             stack_name=manual.stack_name,
             region=manual.region,
             dry_run=manual.dry_run,
+            remove_from_accounting=manual.remove_from_accounting,
             trigger="manual",
             execution_name=execution_name,
         )

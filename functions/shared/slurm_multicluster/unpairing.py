@@ -1,0 +1,186 @@
+"""Unpairing: a member leaves its federation, because its stack is being deleted or its federation tag was removed.
+
+Order matters for a deletion. CloudFormation deletes the cluster's security groups a few minutes after
+DELETE_IN_PROGRESS, and a rule of ours in a peer's group that references one of them would make that deletion
+fail (DependencyViolation). So the rules go first, before the federation lease is even asked for (a rotation may
+hold it for an hour), and once more under the lease (a pairing that held it may have added one meanwhile). Then,
+under the lease: the departed head node role leaves the munge key secret's resource policy, and the accounting
+cluster keeps the departed cluster's history (default) or removes it from accounting.
+
+The accounting cluster itself departing cannot be repaired automatically: every other member loses accounting.
+The workflow still revokes its rules and policy, and announces it loudly (event + the AccountingClusterLost
+metric, which the template's alarm watches); the README says how to recover.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from aws_lambda_powertools import Logger
+
+from slurm_multicluster import discovery, ingress, munge_secret, node_commands, pairing
+from slurm_multicluster import validation as v
+from slurm_multicluster.errors import PrerequisiteFailed
+from slurm_multicluster.models import AddedRule, Member, PairingRequest, StateModel
+from slurm_multicluster.settings import Settings
+
+logger = Logger(child=True)
+
+ClientFactory = Callable[[str, str], Any]
+
+# The metric the template's AccountingClusterLostAlarm watches (namespace SlurmMulticluster, dimension service).
+ACCOUNTING_LOST_METRIC = "AccountingClusterLost"
+
+NOT_TERMINATED = ["pending", "running", "stopping", "stopped", "shutting-down"]
+
+
+class Departure(StateModel):
+    """The cluster that leaves, as far as AWS still knows it (its head node may already be going away)."""
+
+    member: bool
+    reason: str
+    federation: str | None = None
+    cluster_name: str
+    region: str
+    stack_id: str | None = None
+    security_group_ids: list[str] = []
+    head_node_ip: str | None = None
+    is_accounting: bool = False
+
+
+def _stack_security_groups(cloudformation: Any, stack: str) -> list[str]:
+    """Every security group the stack created (ParallelCluster: head node, compute, login node groups)."""
+    paginator = cloudformation.get_paginator("list_stack_resources")
+    return [
+        resource["PhysicalResourceId"]
+        for page in paginator.paginate(StackName=stack)
+        for resource in page["StackResourceSummaries"]
+        if resource["ResourceType"] == "AWS::EC2::SecurityGroup"
+        and v.SECURITY_GROUP_ID.fullmatch(resource.get("PhysicalResourceId") or "")
+    ]
+
+
+def _head_instance(ec2: Any, cluster_name: str) -> dict[str, Any] | None:
+    paginator = ec2.get_paginator("describe_instances")
+    found = [
+        instance
+        for page in paginator.paginate(Filters=[
+            {"Name": f"tag:{discovery.CLUSTER_NAME_TAG}", "Values": [cluster_name]},
+            {"Name": f"tag:{discovery.NODE_TYPE_TAG}", "Values": ["HeadNode"]},
+            {"Name": "instance-state-name", "Values": NOT_TERMINATED},
+        ])
+        for reservation in page["Reservations"]
+        for instance in reservation["Instances"]
+    ]
+    return found[0] if len(found) == 1 else None
+
+
+def discover_departure(clients: ClientFactory, request: PairingRequest, config: Settings) -> Departure:
+    """Which federation the cluster leaves and which security groups it had. Reads only."""
+    name, region = request.stack_name, request.region
+    stack = discovery.describe_stack(clients("cloudformation", region), request.stack_id or name)
+    federation = None
+    if stack is not None:
+        federation, reason = discovery.membership(stack, config)
+    if federation is None:
+        # The tag is gone (opt-out) or the stack is: the rules we tagged still say where it was paired.
+        ec2_for = lambda r: clients("ec2", r)  # noqa: E731
+        found = ingress.federations_of(ec2_for, config.regions_to_search(region), name)
+        if len(found) > 1:
+            raise PrerequisiteFailed(f"cluster {name} has rules of several federations ({', '.join(found)}): "
+                                     "unpair it by hand from each")
+        if not found:
+            return Departure(member=False, reason="no federation tag and no rules of ours: it was never paired",
+                             cluster_name=name, region=region, stack_id=request.stack_id)
+        federation, reason = v.require(v.FEDERATION_NAME, found[0], "federation name"), "paired before (our rules name it)"
+    groups = _stack_security_groups(clients("cloudformation", region), request.stack_id or name) if stack else []
+    head = _head_instance(clients("ec2", region), name)
+    if head is not None:
+        groups += [g["GroupId"] for g in head.get("SecurityGroups", []) if g["GroupId"] not in groups]
+    tags = discovery.tags_of(stack) if stack else {}
+    departure = Departure(
+        member=True,
+        reason=reason,
+        federation=federation,
+        cluster_name=name,
+        region=region,
+        stack_id=(stack or {}).get("StackId", request.stack_id),
+        security_group_ids=[v.require(v.SECURITY_GROUP_ID, g, "security group id") for g in groups],
+        head_node_ip=v.ipv4(head["PrivateIpAddress"]) if head and head.get("PrivateIpAddress") else None,
+        is_accounting=tags.get(config.role_tag_key) == config.accounting_role,
+    )
+    logger.info("departing cluster", extra={"departure": departure.state()})
+    return departure
+
+
+def revoke_departing_ingress(clients: ClientFactory, departure: Departure, config: Settings) -> list[AddedRule]:
+    """Revoke every rule of ours that sits on, references or names the departing cluster (idempotent)."""
+    assert departure.federation
+    ec2_for = lambda region: clients("ec2", region)  # noqa: E731
+    rules = ingress.rules_touching(ec2_for, config.regions_to_search(departure.region), departure.federation,
+                                   departure.cluster_name, departure.security_group_ids)
+    return ingress.revoke(ec2_for, rules)
+
+
+def remaining_members(clients: ClientFactory, departure: Departure, config: Settings) -> list[Member]:
+    """The members that stay: live tagged stacks of the federation, without the departing one."""
+    assert departure.federation
+    stacks = discovery.federation_stacks(clients, config.regions_to_search(departure.region), departure.federation, config)
+    return [
+        discovery.member(clients, stack, region, departure.federation, config)
+        for region, stack in stacks
+        if stack["StackId"] != departure.stack_id and stack["StackName"] != departure.cluster_name
+    ]
+
+
+def update_secret_access(clients: ClientFactory, departure: Departure, remaining: list[Member], config: Settings) -> dict[str, Any]:
+    """The munge key secret's resource policy names the remaining members' head node roles only."""
+    assert departure.federation
+    accounting = [m for m in remaining if m.is_accounting]
+    region = accounting[0].region if accounting else departure.region
+    secrets = clients("secretsmanager", region)
+    name = config.munge_key_secret_name(departure.federation)
+    arn = munge_secret.secret_arn(secrets, name)
+    if arn is None:
+        return {"secret": None, "readers": [], "reason": f"no secret {name} in {region}"}
+    readers = munge_secret.set_access(secrets, arn, remaining)
+    return {"secret": arn, "readers": readers}
+
+
+def remove_from_accounting(clients: ClientFactory, request: PairingRequest, departure: Departure,
+                           remaining: list[Member], config: Settings) -> dict[str, Any]:
+    """Keep the departed cluster's history in accounting (default), or delete it from slurmdbd."""
+    remove = request.remove_from_accounting if request.remove_from_accounting is not None else config.unpair_removes_accounting
+    if departure.is_accounting:
+        return {"action": "none", "reason": "the departing cluster is the accounting cluster"}
+    if not remove:
+        return {"action": "kept", "reason": "history kept: `sacct -M <cluster>` still shows its jobs "
+                                            "(set UnpairRemovesAccounting or removeFromAccounting to delete it)"}
+    accounting = [m for m in remaining if m.is_accounting]
+    if len(accounting) != 1:
+        raise PrerequisiteFailed(f"federation {departure.federation} has {len(accounting)} accounting clusters: "
+                                 "cannot remove the departed cluster from accounting")
+    head = pairing.read_slurm_settings(clients, accounting[0], config)
+    assert head.slurm
+    name = slurm_name_of(departure, head.slurm.control_hosts())
+    if name is None:
+        return {"action": "none", "reason": f"{departure.cluster_name} is not registered in the federation's accounting"}
+    results = node_commands.run_script_checked(
+        clients("ssm", head.region), [head.head_node.instance_id], "remove-from-accounting.sh",
+        ["--cluster", name, "--backup-id", request.execution_name],
+        timeout_seconds=180,
+        comment=f"slurm-multicluster: remove {name} from {head.cluster_name}'s accounting",
+    )
+    return {"action": "removed", "slurmClusterName": name, **results[head.head_node.instance_id].result}
+
+
+def slurm_name_of(departure: Departure, control_hosts: dict[str, str]) -> str | None:
+    """The departed cluster's ClusterName in accounting: the one registered from its head node's address, else
+    its stack name (ParallelCluster's default ClusterName)."""
+    if departure.head_node_ip:
+        by_host = [name for name, host in control_hosts.items() if host == departure.head_node_ip]
+        if len(by_host) == 1:
+            return by_host[0]
+    # slurmdbd keeps ClusterNames in lower case.
+    by_name = [name for name in control_hosts if name.lower() == departure.cluster_name.lower()]
+    return by_name[0] if by_name else None

@@ -1,0 +1,208 @@
+"""Unpairing in moto (real ASL + handlers): stack deletion, federation tag removed or added, the accounting cluster.
+
+The federation is set up with the product's own code (ingress.plan_rules/authorize, munge_secret.set_access), as a
+pairing leaves it; SSM reaches no node here, so these runs prove the AWS side: no rule of ours is left that would
+block CloudFormation's deletion of the departing cluster's security group.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import boto3
+import pytest
+
+from lab import cloud
+from slurm_multicluster import discovery, ingress, munge_secret
+from slurm_multicluster.aws import client
+from slurm_multicluster.models import SlurmSettings
+from slurm_multicluster.settings import Settings
+from workflow.conftest import FEDERATION_TAGS, REGION
+
+FEDERATION_KEY = "slurm-multicluster:federation"
+ACCOUNTING_TAGS = {**FEDERATION_TAGS, "slurm-multicluster:role": "accounting"}
+SECRET = "slurm-multicluster/hpc/munge-key"
+
+
+@pytest.fixture
+def federation(moto_aws):
+    """alpha (accounting), beta and gamma paired as a pairing leaves them: rules between all, secret policy."""
+    clusters = {
+        "alpha": moto_aws.cluster("alpha", "10.250.0.11", ["10.250.0.12"], ACCOUNTING_TAGS),
+        "beta": moto_aws.cluster("beta", "10.250.0.21", ["10.250.0.22"], FEDERATION_TAGS),
+        "gamma": moto_aws.cluster("gamma", "10.250.0.31", [], FEDERATION_TAGS),
+    }
+    config = Settings()
+    members = []
+    for name in clusters:
+        stack = boto3.client("cloudformation", region_name=REGION).describe_stacks(StackName=name)["Stacks"][0]
+        member = discovery.member(client, stack, REGION, "hpc", config)
+        members.append(member.model_copy(update={"slurm": SlurmSettings(
+            cluster_name=name, slurmctld_port="6820-6829", dbd_port=6819 if member.is_accounting else None,
+            slurm_version="22.05.8", munge_key_sha256="0" * 64)}))
+    ec2_for = lambda region: client("ec2", region)  # noqa: E731
+    for member in members:
+        ingress.authorize(ec2_for, ingress.plan_rules(member, members), "hpc", f"pair-{member.cluster_name}")
+    secrets = client("secretsmanager", REGION)
+    arn, _ = munge_secret.ensure_secret(secrets, SECRET, "hpc", FEDERATION_KEY)
+    munge_secret.set_access(secrets, arn, members)
+    return clusters
+
+
+def _rules() -> list[dict[str, Any]]:
+    ec2 = boto3.client("ec2", region_name=REGION)
+    return [r for page in ec2.get_paginator("describe_security_group_rules").paginate() for r in page["SecurityGroupRules"]]
+
+
+def _ours_touching(group_id: str) -> list[dict[str, Any]]:
+    return [r for r in _rules() if any(t["Key"] == FEDERATION_KEY for t in r.get("Tags", []))
+            and group_id in (r["GroupId"], r.get("ReferencedGroupInfo", {}).get("GroupId"))]
+
+
+def _secret_readers() -> list[str]:
+    policy = boto3.client("secretsmanager", region_name=REGION).get_resource_policy(SecretId=SECRET).get("ResourcePolicy")
+    statements = json.loads(policy)["Statement"] if policy else []
+    return sorted(arn for s in statements if s["Sid"] == "MemberHeadNodesReadMungeKey" for arn in s["Principal"]["AWS"])
+
+
+def _events_queue() -> str:
+    sqs = boto3.client("sqs", region_name=REGION)
+    queue = sqs.create_queue(QueueName="our-events")["QueueUrl"]
+    arn = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    events = boto3.client("events", region_name=REGION)
+    events.put_rule(Name="our-events", EventPattern=json.dumps({"source": ["slurm-multicluster"]}))
+    events.put_targets(Rule="our-events", Targets=[{"Id": "queue", "Arn": arn}])
+    return queue
+
+
+def _published(queue: str) -> list[dict[str, Any]]:
+    messages = boto3.client("sqs", region_name=REGION).receive_message(QueueUrl=queue, MaxNumberOfMessages=10)
+    return [json.loads(m["Body"]) for m in messages.get("Messages", [])]
+
+
+@pytest.fixture
+def route(moto_aws):
+    def run_all(event: dict[str, Any]) -> dict[str, dict[str, Any]]:
+        started = cloud.route_event_to_all(moto_aws.deployment, event)
+        return {logical: cloud.wait_for_execution(arn, REGION, timeout=120) for logical, arn in started.items()}
+    return run_all
+
+
+def test_deleting_a_member_revokes_every_rule_touching_its_group_so_the_group_can_be_deleted(moto_aws, federation, route):
+    beta, alpha, gamma = federation["beta"], federation["alpha"], federation["gamma"]
+    assert _ours_touching(beta.security_group_id), "the fixture must pair beta first"
+    kept_between_others = [r["SecurityGroupRuleId"] for r in _ours_touching(alpha.security_group_id)
+                           if beta.security_group_id not in (r["GroupId"], r.get("ReferencedGroupInfo", {}).get("GroupId"))]
+    queue = _events_queue()
+
+    outcomes = route(cloud.stack_status_event(beta.stack_id, "DELETE_IN_PROGRESS", REGION))
+
+    assert list(outcomes) == [cloud.UNPAIRING_STATE_MACHINE]
+    result = outcomes[cloud.UNPAIRING_STATE_MACHINE]
+    assert result["status"] == "SUCCEEDED", result.get("cause")
+    assert _ours_touching(beta.security_group_id) == []
+    # CloudFormation's deletion of the group must not meet DependencyViolation: no rule anywhere references it.
+    # (moto does not enforce DependencyViolation on delete_security_group, so this is asserted on the rules.)
+    assert [r for r in _rules() if r.get("ReferencedGroupInfo", {}).get("GroupId") == beta.security_group_id] == []
+    # alpha <-> gamma untouched; the secret is readable by alpha and gamma only.
+    remaining = {r["SecurityGroupRuleId"] for r in _rules()}
+    assert set(kept_between_others) <= remaining and kept_between_others
+    assert _secret_readers() == sorted([alpha.head_role_arn, gamma.head_role_arn])
+    output = json.loads(result["output"])
+    assert output["accounting"]["action"] == "kept"
+    assert moto_aws.commands == []  # keeping the history touches no node
+    events = [e for e in _published(queue) if e["detail-type"] == "Slurm Cluster Unpaired"]
+    assert [(e["detail"]["cluster"], e["detail"]["federation"], e["detail"]["trigger"]) for e in events] == [
+        ("beta", "hpc", "DELETE_IN_PROGRESS")]
+
+
+def test_unpairing_twice_changes_nothing_the_second_time(moto_aws, federation, route):
+    beta = federation["beta"]
+    first = route(cloud.stack_status_event(beta.stack_id, "DELETE_IN_PROGRESS", REGION))[cloud.UNPAIRING_STATE_MACHINE]
+    rules_after_first = sorted(r["SecurityGroupRuleId"] for r in _rules())
+    again = cloud.start_execution(moto_aws.deployment, {"stackName": "beta", "region": REGION}, cloud.UNPAIRING_STATE_MACHINE)
+    second = cloud.wait_for_execution(again, REGION, timeout=120)
+    assert (first["status"], second["status"]) == ("SUCCEEDED", "SUCCEEDED"), second.get("cause")
+    assert json.loads(first["output"])["revokedBeforeLease"]
+    assert json.loads(second["output"])["revokedBeforeLease"] == []
+    assert sorted(r["SecurityGroupRuleId"] for r in _rules()) == rules_after_first
+
+
+def test_removing_the_federation_tag_opts_out_and_adding_it_opts_in(moto_aws, federation, route):
+    gamma = federation["gamma"]
+    boto3.client("cloudformation", region_name=REGION).update_stack(
+        StackName="gamma", UsePreviousTemplate=True,
+        Tags=[{"Key": "parallelcluster:version", "Value": "3.11.1"}, {"Key": "parallelcluster:cluster-name", "Value": "gamma"}])
+    removed = route(cloud.tag_change_event(gamma.stack_id, REGION, [FEDERATION_KEY], {"parallelcluster:version": "3.11.1"}))
+
+    assert set(removed) == {cloud.PAIRING_STATE_MACHINE, cloud.UNPAIRING_STATE_MACHINE}
+    assert cloud.state_names(removed[cloud.PAIRING_STATE_MACHINE]["executionArn"], REGION)[-1] == "IgnoreStackStatus"
+    unpairing = removed[cloud.UNPAIRING_STATE_MACHINE]
+    assert unpairing["status"] == "SUCCEEDED", unpairing.get("cause")
+    assert _ours_touching(gamma.security_group_id) == []  # found through our rules' tags: the stack tag is gone
+    assert gamma.head_role_arn not in _secret_readers()
+
+    added = route(cloud.tag_change_event(gamma.stack_id, REGION, [FEDERATION_KEY], {FEDERATION_KEY: "hpc"}))
+    assert cloud.state_names(added[cloud.UNPAIRING_STATE_MACHINE]["executionArn"], REGION)[-1] == "IgnoreTrigger"
+    pairing_states = cloud.state_names(added[cloud.PAIRING_STATE_MACHINE]["executionArn"], REGION)
+    assert "DiscoverFederation" in pairing_states  # the opt-in starts a pairing of gamma
+
+
+def test_tag_changes_of_other_keys_or_resources_start_nothing(moto_aws, federation, route):
+    gamma = federation["gamma"]
+    assert route(cloud.tag_change_event(gamma.stack_id, REGION, ["team"], {"team": "cfd"})) == {}
+    other = cloud.tag_change_event(gamma.stack_id, REGION, [FEDERATION_KEY], {})
+    other["detail"]["service"], other["detail"]["resource-type"] = "ec2", "instance"
+    assert route(other) == {}
+    assert _ours_touching(gamma.security_group_id)
+
+
+@pytest.mark.parametrize("resource", ["arn:aws:cloudformation:us-east-1:123456789012:stack/gamma;reboot/x",
+                                      "arn:aws:s3:::bucket", "$(id)"])
+def test_hostile_tag_change_events_are_rejected_before_anything_runs(moto_aws, federation, route, resource):
+    event = cloud.tag_change_event(federation["gamma"].stack_id, REGION, [FEDERATION_KEY], {})
+    event["resources"] = [resource]
+    rules_before = sorted(r["SecurityGroupRuleId"] for r in _rules())
+    for result in route(event).values():
+        assert result["status"] == "FAILED" and result["error"] == "InvalidInput"
+        assert cloud.state_names(result["executionArn"], REGION) == ["NormalizeTrigger"]
+    assert sorted(r["SecurityGroupRuleId"] for r in _rules()) == rules_before
+
+
+def test_deleting_a_cluster_that_never_joined_changes_nothing(moto_aws, federation, route):
+    plain = moto_aws.cluster("plain", "10.250.0.41", [])
+    rules_before = sorted(r["SecurityGroupRuleId"] for r in _rules())
+    result = route(cloud.stack_status_event(plain.stack_id, "DELETE_IN_PROGRESS", REGION))[cloud.UNPAIRING_STATE_MACHINE]
+    assert result["status"] == "SUCCEEDED"
+    assert cloud.state_names(result["executionArn"], REGION)[-1] == "NotAFederationMember"
+    assert sorted(r["SecurityGroupRuleId"] for r in _rules()) == rules_before
+
+
+def test_manual_unpairing_rejects_pairing_options_and_hostile_names(moto_aws, federation):
+    for request in ({"stackName": "beta", "region": REGION, "dryRun": True},
+                    {"stackName": "beta;reboot", "region": REGION},
+                    {"stackName": "beta", "region": REGION, "removeFromAccounting": "$(id)"}):
+        arn = cloud.start_execution(moto_aws.deployment, request, cloud.UNPAIRING_STATE_MACHINE)
+        result = cloud.wait_for_execution(arn, REGION, timeout=60)
+        assert (result["status"], result["error"]) == ("FAILED", "InvalidInput"), request
+    assert _ours_touching(federation["beta"].security_group_id)
+
+
+def test_deleting_the_accounting_cluster_is_announced_loudly(moto_aws, federation, route, capfd):
+    alpha = federation["alpha"]
+    queue = _events_queue()
+    result = route(cloud.stack_status_event(alpha.stack_id, "DELETE_IN_PROGRESS", REGION))[cloud.UNPAIRING_STATE_MACHINE]
+
+    assert result["status"] == "SUCCEEDED", result.get("cause")
+    assert json.loads(result["output"])["accountingClusterLost"] is True
+    assert _ours_touching(alpha.security_group_id) == []
+    lost = [e for e in _published(queue) if e["detail-type"] == "Slurm Federation Accounting Cluster Lost"]
+    assert len(lost) == 1 and lost[0]["detail"]["federation"] == "hpc" and "README" in lost[0]["detail"]["recovery"]
+    # The metric (Powertools EMF on stdout, as CloudWatch Logs receives it) is the one the template's alarm watches.
+    emf = [json.loads(line) for line in capfd.readouterr().out.splitlines() if line.startswith("{") and '"_aws"' in line]
+    emitted = [(d["_aws"]["CloudWatchMetrics"][0]["Namespace"], m["Name"], d.get("service"))
+               for d in emf for m in d["_aws"]["CloudWatchMetrics"][0]["Metrics"]]
+    alarm = cloud.load_template()["Resources"]["AccountingClusterLostAlarm"]["Properties"]
+    dimension = {d["Name"]: d["Value"] for d in alarm["Dimensions"]}
+    assert (alarm["Namespace"], alarm["MetricName"], dimension["service"]) in emitted
