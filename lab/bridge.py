@@ -63,6 +63,13 @@ class LabCloud:
         return cloud.wait_for_execution(arn, self.region, timeout=timeout, on_event=on_event)
 
 
+    def unpair(self, stack_name: str, *, timeout: float = 600, **options: Any) -> dict[str, Any]:
+        """Unpair a cluster by hand, as `sam remote invoke` with events/manual-unpair.json does."""
+        arn = cloud.start_execution(self.deployment, {"stackName": stack_name, "region": self.region, **options},
+                                    cloud.UNPAIRING_STATE_MACHINE)
+        return cloud.wait_for_execution(arn, self.region, timeout=timeout)
+
+
 def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

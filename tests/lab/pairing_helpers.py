@@ -14,7 +14,7 @@ import boto3
 from lab import ClusterSpec, Lab
 from lab.bridge import LabCloud
 from lab.core import DEFAULT_BASE
-from lab_helpers import wait_until
+from lab_helpers import submit, wait_until
 
 FEDERATION = "hpc"
 ALPHA_TAGS = {"slurm-multicluster:federation": FEDERATION, "slurm-multicluster:role": "accounting"}
@@ -100,3 +100,19 @@ def assert_absent(key: bytes, text: str) -> None:
         assert window.hex() not in text, "hex munge key leaked"
     for start in range(0, len(encoded) - 32, 32):
         assert encoded[start:start + 32] not in text, "base64 munge key leaked"
+
+
+def jobs_in_every_direction(lab: Lab, clusters: list[str]) -> dict[str, dict[str, str]]:
+    """From every head node to every other cluster: submitted with sbatch -M, completed on its compute node.
+
+    First waits until every cluster is reachable from every head: `-M` resolves a cluster through slurmdbd,
+    which has no ControlHost for a slurmctld that restarted moments ago and has not registered again."""
+    for src in clusters:
+        for dst in clusters:
+            if src != dst:
+                wait_until(lambda src=src, dst=dst: lab.exec(f"{src}-head", [
+                    "sbatch", f"--clusters={dst}", "--test-only", "--wrap", "true"]).returncode == 0,
+                    60, f"{dst} reachable with sbatch -M from {src}")
+    submitted = {(src, dst): submit(lab, f"{src}-head", f"--clusters={dst}", "--wrap", "hostname")
+                 for src in clusters for dst in clusters if src != dst}
+    return {f"{src}->{dst}": wait_job_completed_on(lab, f"{src}-head", dst, job) for (src, dst), job in submitted.items()}

@@ -27,8 +27,8 @@ from lab import cloud as aws_harness
 from lab.bridge import LabCloud, lab_cloud
 from lab_helpers import sha256, submit, wait_until
 from pairing_helpers import (
-    ALPHA_TAGS, BETA_TAGS, FEDERATION, KEY, SHARED_KEY, assert_absent, events_queue, fresh_lab, key_bytes,
-    published, sacctmgr_clusters, wait_job_completed_on,
+    ALPHA_TAGS, BETA_TAGS, FEDERATION, KEY, SHARED_KEY, assert_absent, events_queue, fresh_lab,
+    jobs_in_every_direction, key_bytes, published, sacctmgr_clusters, wait_job_completed_on,
 )
 
 pytestmark = pytest.mark.lab
@@ -102,22 +102,6 @@ def job_state(lab: Lab, node: str, cluster: str, job_id: int) -> str:
     slurmctld has just restarted and not yet registered again."""
     out = lab.exec(f"{cluster}-head", ["scontrol", "show", "job", str(job_id), "--oneliner"]).stdout
     return dict(re.findall(r"(\w+)=(\S*)", out)).get("JobState", "")
-
-
-def jobs_in_every_direction(lab: Lab) -> dict[str, dict[str, str]]:
-    """From every head node to every other cluster: submitted with sbatch -M, completed on its compute node.
-
-    First waits until every cluster is reachable from every head: `-M` resolves a cluster through slurmdbd,
-    which has no ControlHost for a slurmctld that restarted moments ago and has not registered again."""
-    for src in CLUSTERS:
-        for dst in CLUSTERS:
-            if src != dst:
-                wait_until(lambda src=src, dst=dst: lab.exec(f"{src}-head", [
-                    "sbatch", f"--clusters={dst}", "--test-only", "--wrap", "true"]).returncode == 0,
-                    60, f"{dst} reachable with sbatch -M from {src}")
-    submitted = {(src, dst): submit(lab, f"{src}-head", f"--clusters={dst}", "--wrap", "hostname")
-                 for src in CLUSTERS for dst in CLUSTERS if src != dst}
-    return {f"{src}->{dst}": wait_job_completed_on(lab, f"{src}-head", dst, job) for (src, dst), job in submitted.items()}
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -206,7 +190,7 @@ def rotated(federation) -> Rotation:
         release(lab, f"{cluster}-compute-1", cluster)
     for name, (node, cluster, job) in jobs.items():
         rotation.jobs[name] = wait_job_completed_on(lab, node, cluster, job)
-    rotation.jobs.update(jobs_in_every_direction(lab))
+    rotation.jobs.update(jobs_in_every_direction(lab, CLUSTERS))
     rotation.observed["sacctmgr"] = sacctmgr_clusters(lab, "alpha-head")
     rotation.observed["events"] = published(federation.queue)
     return rotation
@@ -293,7 +277,7 @@ def rolled_back(rotated, federation) -> Rotation:
     release(lab, "beta-compute-1", "beta-2")
     rotation.jobs["running"] = wait_job_completed_on(lab, "beta-head", "beta", queued["running"])
     rotation.jobs["queued"] = wait_job_completed_on(lab, "alpha-head", "beta", queued["queued"])
-    rotation.jobs.update(jobs_in_every_direction(lab))
+    rotation.jobs.update(jobs_in_every_direction(lab, CLUSTERS))
     rotation.observed["events"] = published(federation.queue)
     return rotation
 
