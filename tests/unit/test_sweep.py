@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import boto3
 import pytest
+from moto import mock_aws
 
 from slurm_multicluster import sweep
 from slurm_multicluster import validation as v
@@ -79,3 +81,18 @@ def test_without_dry_run_a_drifted_cluster_whose_run_succeeded_is_repaired_and_f
     assert {f.cluster: f.error for f in report.failed} == {
         "gamma": "not checked: invalid tag", "delta": "VerifyPairingFailed: NodeCommandFailed: slurmctld down"}
     assert report.checked == ["beta", "delta"]
+
+
+def test_a_retried_start_finds_the_run_it_already_started(monkeypatch):
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    with mock_aws():
+        sfn = boto3.client("stepfunctions", region_name="us-east-1")
+        machine = sfn.create_state_machine(
+            name="pairing", roleArn="arn:aws:iam::123456789012:role/x",
+            definition='{"StartAt": "Done", "States": {"Done": {"Type": "Succeed"}}}')["stateMachineArn"]
+        run = sweep.PairingRun.model_validate({
+            "request": REQUEST, "cluster": {"cluster": "beta", "federation": "hpc", "region": "us-east-1"}})
+        first = sweep.start_pairing_run(sfn, machine, run)
+        again = sweep.start_pairing_run(sfn, machine, run)
+        assert first.execution_arn == again.execution_arn
+        assert len(sfn.list_executions(stateMachineArn=machine)["executions"]) == 1
