@@ -25,6 +25,7 @@ CASES = {
     "verify-member.sh": (["--peers", "beta,gamma", "--deadline", "5"], ["--peers", "--deadline"]),
     "munge-credential.sh": (["decode", "--credential", "MUNGE:AwQFAACT+/9=:"], ["--credential"]),
     "restore-backup.sh": (["--backup-id", "exec-1"], ["--backup-id"]),
+    "remove-from-accounting.sh": (["--cluster", "beta", "--backup-id", "exec-1"], ["--cluster", "--backup-id"]),
 }
 
 PARAMS = [

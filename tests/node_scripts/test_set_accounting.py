@@ -26,6 +26,7 @@ def test_rewrites_only_the_three_lines_and_backs_up_first(node):
     assert result.returncode == 0, result.stderr
     assert result.json == {
         "ok": True, "changed": True, "file": str(pc_conf), "restarted": ["slurmctld"], "stoppedSlurmdbd": False,
+        "startedSlurmdbd": False,
     }
     expected = (
         PC_CONF_WITH_ACCOUNTING.replace("AccountingStorageHost=ip-10-0-0-10", f"AccountingStorageHost={FEDERATION_DBD}")
@@ -166,6 +167,42 @@ def test_refuses_to_stop_the_slurmdbd_it_would_point_at(node):
     before = node.snapshot()
     result = set_accounting(node, "--stop-local-slurmdbd", host="127.0.0.1")
     assert result.returncode == 1
+    assert node.snapshot() == before
+    assert node.systemctl_actions() == []
+
+
+def test_leaving_the_federation_starts_the_own_slurmdbd_before_slurmctld_points_back_at_it(node):
+    """A member that opts out goes back to its own accounting (the slurmdbd its pairing stopped)."""
+    assert set_accounting(node, "--stop-local-slurmdbd").returncode == 0
+    node.clear_calls()
+
+    result = set_accounting(node, "--start-local-slurmdbd", host="127.0.0.1", backup_id="leave-1")
+
+    assert result.returncode == 0, result.stderr
+    assert (result.json["startedSlurmdbd"], result.json["restarted"]) == (True, ["slurmdbd", "slurmctld"])
+    assert node.unit_state("slurmdbd") == "active"
+    assert node.load_state()["units"]["slurmdbd"]["enabled"] is True
+    actions = node.systemctl_actions()
+    assert actions.index(("start", "slurmdbd")) < actions.index(("restart", "slurmctld"))
+    assert "AccountingStorageHost   = 127.0.0.1" in node.standin("scontrol", "show", "config").stdout
+    node.clear_calls()
+    assert set_accounting(node, "--start-local-slurmdbd", host="127.0.0.1", backup_id="leave-1").json["changed"] is False
+    assert node.systemctl_actions() == []
+
+    restored = node.run("restore-backup.sh", "--backup-id", "leave-1")  # undoes exactly the departure
+
+    assert restored.returncode == 0, restored.stderr
+    assert node.unit_state("slurmdbd") == "inactive"
+    assert node.load_state()["units"]["slurmdbd"]["enabled"] is False
+    assert f"AccountingStorageHost   = {FEDERATION_DBD}" in node.standin("scontrol", "show", "config").stdout
+
+
+def test_refuses_to_start_a_local_slurmdbd_for_another_host_or_with_stop(node):
+    before = node.snapshot()
+    elsewhere = set_accounting(node, "--start-local-slurmdbd")
+    both = set_accounting(node, "--start-local-slurmdbd", "--stop-local-slurmdbd", host="127.0.0.1")
+    assert (elsewhere.returncode, both.returncode) == (1, 2)
+    assert "not this node" in elsewhere.json["error"]
     assert node.snapshot() == before
     assert node.systemctl_actions() == []
 

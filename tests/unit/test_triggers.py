@@ -91,3 +91,58 @@ def test_sample_events_in_events_dir_parse(tmp_path):
     assert requests["stack-create-complete.json"].action == "pair"
     assert requests["manual-pair-dry-run.json"].dry_run is True
     assert requests["manual-pair.json"].dry_run is False
+
+
+def test_delete_in_progress_unpairs():
+    request = normalize(_event(status="DELETE_IN_PROGRESS"), "exec-1", "unpairing")
+    assert (request.action, request.trigger, request.stack_name) == ("unpair", "DELETE_IN_PROGRESS", "beta")
+
+
+def _tag_event(changed, tags, service="cloudformation", resource_type="stack", resource=STACK_ID):
+    return {
+        "version": "0", "id": "7b8e8feb-b491-4cf7-a9f1-bf3703467718", "detail-type": "Tag Change on Resource",
+        "source": "aws.tag", "account": "123456789012", "time": "2026-11-25T12:00:00Z", "region": "eu-west-1",
+        "resources": [resource],
+        "detail": {"changed-tag-keys": changed, "service": service, "resource-type": resource_type, "version": 3,
+                   "tags": tags},
+    }
+
+
+def test_federation_tag_added_pairs_and_removed_unpairs():
+    key = "slurm-multicluster:federation"
+    added = normalize(_tag_event([key], {key: "hpc"}), "exec-1", "pairing")
+    removed = normalize(_tag_event([key], {"team": "cfd"}), "exec-2", "unpairing")
+    assert (added.action, added.trigger, added.stack_name, added.region) == ("pair", "tag-added", "beta", "eu-west-1")
+    assert (removed.action, removed.trigger, removed.event_id) == ("unpair", "tag-removed", "7b8e8feb-b491-4cf7-a9f1-bf3703467718")
+
+
+@pytest.mark.parametrize("event", [
+    _tag_event(["team"], {"team": "cfd"}),  # another key
+    _tag_event(["slurm-multicluster:federation"], {}, service="ec2", resource_type="instance"),
+])
+def test_other_tag_changes_are_ignored(event):
+    assert normalize(event, "exec-1", "unpairing").action == "ignore"
+
+
+def test_the_tag_key_is_the_deployment_s():
+    event = _tag_event(["org:federation"], {})
+    assert normalize(event, "exec-1", "unpairing", tag_key="org:federation").action == "unpair"
+    assert normalize(event, "exec-1", "unpairing").action == "ignore"
+
+
+@pytest.mark.parametrize("resource", [STACK_ID.replace("stack/beta/", "stack/$(id)/"), "arn:aws:s3:::bucket"])
+def test_hostile_tag_change_resources_are_refused(resource):
+    with pytest.raises(InvalidInput):
+        normalize(_tag_event(["slurm-multicluster:federation"], {}, resource=resource), "exec-1", "unpairing")
+
+
+def test_manual_requests_take_the_workflow_s_action_and_only_its_options():
+    request = normalize({"stackName": "beta", "region": "eu-west-1", "removeFromAccounting": True,
+                         "federation": "hpc"}, "exec-1", "unpairing")
+    assert (request.action, request.remove_from_accounting, request.federation) == ("unpair", True, "hpc")
+    for bad, workflow in (({"removeFromAccounting": True}, "pairing"), ({"federation": "hpc"}, "pairing"),
+                          ({"dryRun": True}, "unpairing"), ({"federation": "hpc;id"}, "unpairing")):
+        with pytest.raises(InvalidInput):
+            normalize({"stackName": "beta", "region": "eu-west-1", **bad}, "exec-1", workflow)
+    with pytest.raises(InvalidInput):
+        normalize({"stackName": "beta", "region": "eu-west-1"}, "exec-1", "sweep;id")

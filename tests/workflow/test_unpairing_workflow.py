@@ -121,8 +121,8 @@ def test_unpairing_twice_changes_nothing_the_second_time(moto_aws, federation, r
     beta = federation["beta"]
     first = route(cloud.stack_status_event(beta.stack_id, "DELETE_IN_PROGRESS", REGION))[cloud.UNPAIRING_STATE_MACHINE]
     rules_after_first = sorted(r["SecurityGroupRuleId"] for r in _rules())
-    again = cloud.start_execution(moto_aws.deployment, {"stackName": "beta", "region": REGION}, cloud.UNPAIRING_STATE_MACHINE)
-    second = cloud.wait_for_execution(again, REGION, timeout=120)
+    # EventBridge may deliver the status change again under a new event id (or CloudFormation retries the delete).
+    second = route(cloud.stack_status_event(beta.stack_id, "DELETE_IN_PROGRESS", REGION))[cloud.UNPAIRING_STATE_MACHINE]
     assert (first["status"], second["status"]) == ("SUCCEEDED", "SUCCEEDED"), second.get("cause")
     assert json.loads(first["output"])["revokedBeforeLease"]
     assert json.loads(second["output"])["revokedBeforeLease"] == []
@@ -139,9 +139,15 @@ def test_removing_the_federation_tag_opts_out_and_adding_it_opts_in(moto_aws, fe
     assert set(removed) == {cloud.PAIRING_STATE_MACHINE, cloud.UNPAIRING_STATE_MACHINE}
     assert cloud.state_names(removed[cloud.PAIRING_STATE_MACHINE]["executionArn"], REGION)[-1] == "IgnoreStackStatus"
     unpairing = removed[cloud.UNPAIRING_STATE_MACHINE]
-    assert unpairing["status"] == "SUCCEEDED", unpairing.get("cause")
     assert _ours_touching(gamma.security_group_id) == []  # found through our rules' tags: the stack tag is gone
     assert gamma.head_role_arn not in _secret_readers()
+    # gamma keeps running, so it must get its own accounting back; here SSM cannot reach its head node, and the
+    # unpairing says so (the lab test shows the successful case on real daemons).
+    assert (unpairing["status"], unpairing["error"]) == ("FAILED", "DetachDepartingClusterFailed")
+    assert "AmazonSSMManagedInstanceCore" in unpairing["cause"]
+    assert cloud.state_names(unpairing["executionArn"], REGION)[-5:] == [
+        "DetachDepartingClusterFailed", "ReleaseFederationLease", "HowDidTheUnpairingEnd", "PublishUnpairingFailed",
+        "UnpairingFailed"]
 
     added = route(cloud.tag_change_event(gamma.stack_id, REGION, [FEDERATION_KEY], {FEDERATION_KEY: "hpc"}))
     assert cloud.state_names(added[cloud.UNPAIRING_STATE_MACHINE]["executionArn"], REGION)[-1] == "IgnoreTrigger"

@@ -43,6 +43,7 @@ class PairingRequest(StateModel):
     region: Region
     dry_run: bool = False
     remove_from_accounting: bool | None = None  # unpairing: None = the deployment's UnpairRemovesAccounting
+    federation: FederationName | None = None  # unpairing by hand a cluster that is neither tagged nor has our rules
     trigger: str
     event_id: str | None = None
     execution_name: ExecutionName

@@ -78,16 +78,17 @@ def discover(clients: ClientFactory, request: PairingRequest, config: Settings) 
 
 def read_slurm_settings(clients: ClientFactory, member: Member, config: Settings) -> Member:
     """Ask the member's head node for its live Slurm settings (read-only)."""
+    settings = head_slurm_settings(clients, member.region, member.head_node.instance_id, member.cluster_name)
+    return member.model_copy(update={"slurm": settings})
+
+
+def head_slurm_settings(clients: ClientFactory, region: str, instance_id: str, cluster_name: str) -> SlurmSettings:
+    """discover-slurm.sh on one head node (read-only): its live Slurm settings, validated."""
     results = node_commands.run_script_checked(
-        clients("ssm", member.region),
-        [member.head_node.instance_id],
-        "discover-slurm.sh",
-        [],
-        timeout_seconds=120,
-        comment=f"slurm-multicluster: read Slurm settings of {member.cluster_name}",
+        clients("ssm", region), [instance_id], "discover-slurm.sh", [],
+        timeout_seconds=120, comment=f"slurm-multicluster: read Slurm settings of {cluster_name}",
     )
-    facts = results[member.head_node.instance_id].result
-    return member.model_copy(update={"slurm": SlurmSettings.model_validate(facts)})
+    return SlurmSettings.model_validate(results[instance_id].result)
 
 
 def _split(request: PairingRequest, members: list[Member]) -> tuple[Member, Member, list[Member]]:

@@ -62,6 +62,7 @@ class ManualRequest(BaseModel):
     region: str
     dry_run: bool = Field(default=False, alias="dryRun")
     remove_from_accounting: bool | None = Field(default=None, alias="removeFromAccounting")
+    federation: str | None = None  # unpairing a cluster no longer tagged, whose rules are gone too
 
 
 def _stack_name_from_arn(arn: str) -> tuple[str, str]:
@@ -125,6 +126,8 @@ def normalize(event: dict[str, Any], execution_name: str, workflow: str = "pairi
             raise InvalidInput("invalid pairing request: removeFromAccounting is an unpairing option")
         if manual.dry_run and unpair:
             raise InvalidInput("invalid unpairing request: dryRun is a pairing option")
+        if manual.federation is not None and not unpair:
+            raise InvalidInput("invalid pairing request: federation is an unpairing option (pairing reads the stack tag)")
         return PairingRequest(
             action="unpair" if unpair else "pair",
             reason="manual request",
@@ -132,6 +135,7 @@ def normalize(event: dict[str, Any], execution_name: str, workflow: str = "pairi
             region=manual.region,
             dry_run=manual.dry_run,
             remove_from_accounting=manual.remove_from_accounting,
+            federation=manual.federation,
             trigger="manual",
             execution_name=execution_name,
         )

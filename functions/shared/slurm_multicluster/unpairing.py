@@ -20,7 +20,7 @@ from aws_lambda_powertools import Logger
 
 from slurm_multicluster import discovery, ingress, munge_secret, node_commands, pairing
 from slurm_multicluster import validation as v
-from slurm_multicluster.errors import PrerequisiteFailed
+from slurm_multicluster.errors import InvalidInput, PrerequisiteFailed
 from slurm_multicluster.models import AddedRule, Member, PairingRequest, StateModel
 from slurm_multicluster.settings import Settings
 
@@ -45,6 +45,7 @@ class Departure(StateModel):
     stack_id: str | None = None
     security_group_ids: list[str] = []
     head_node_ip: str | None = None
+    head_instance_id: str | None = None  # set while its head node runs (an opt-out; not after a deletion)
     is_accounting: bool = False
 
 
@@ -89,10 +90,15 @@ def discover_departure(clients: ClientFactory, request: PairingRequest, config: 
         if len(found) > 1:
             raise PrerequisiteFailed(f"cluster {name} has rules of several federations ({', '.join(found)}): "
                                      "unpair it by hand from each")
+        if not found and request.federation:
+            found = [request.federation]
         if not found:
             return Departure(member=False, reason="no federation tag and no rules of ours: it was never paired",
                              cluster_name=name, region=region, stack_id=request.stack_id)
-        federation, reason = v.require(v.FEDERATION_NAME, found[0], "federation name"), "paired before (our rules name it)"
+        federation = v.require(v.FEDERATION_NAME, found[0], "federation name")
+        reason = "named in the request" if found == [request.federation] else "paired before (our rules name it)"
+    if request.federation and request.federation != federation:
+        raise InvalidInput(f"cluster {name} is in federation {federation}, not {request.federation}")
     groups = _stack_security_groups(clients("cloudformation", region), request.stack_id or name) if stack else []
     head = _head_instance(clients("ec2", region), name)
     if head is not None:
@@ -107,6 +113,8 @@ def discover_departure(clients: ClientFactory, request: PairingRequest, config: 
         stack_id=(stack or {}).get("StackId", request.stack_id),
         security_group_ids=[v.require(v.SECURITY_GROUP_ID, g, "security group id") for g in groups],
         head_node_ip=v.ipv4(head["PrivateIpAddress"]) if head and head.get("PrivateIpAddress") else None,
+        head_instance_id=(v.require(v.INSTANCE_ID, head["InstanceId"], "instance id")
+                          if head and head["State"]["Name"] == "running" else None),
         is_accounting=tags.get(config.role_tag_key) == config.accounting_role,
     )
     logger.info("departing cluster", extra={"departure": departure.state()})
@@ -145,6 +153,36 @@ def update_secret_access(clients: ClientFactory, departure: Departure, remaining
         return {"secret": None, "readers": [], "reason": f"no secret {name} in {region}"}
     readers = munge_secret.set_access(secrets, arn, remaining)
     return {"secret": arn, "readers": readers}
+
+
+# The cluster stays (only its federation tag went, or an admin unpaired it by hand): give it back its own accounting.
+STAYING_TRIGGERS = {"tag-removed", "manual"}
+KEY_ADVICE = ("the departed cluster still holds the federation's munge key: rotate it (events/manual-rotate.json) "
+              "so the departed cluster can no longer authenticate to the members")
+
+
+def detach_departing(clients: ClientFactory, request: PairingRequest, departure: Departure, config: Settings) -> dict[str, Any]:
+    """A departing cluster that keeps running goes back to its own slurmdbd (the one its pairing stopped)."""
+    if request.trigger not in STAYING_TRIGGERS:
+        return {"action": "none", "reason": "the stack is being deleted: its nodes go with it", "keyAdvice": ""}
+    if departure.is_accounting:
+        return {"action": "none", "reason": "the accounting cluster keeps its own slurmdbd", "keyAdvice": KEY_ADVICE}
+    if departure.head_instance_id is None or departure.head_node_ip is None:
+        return {"action": "none", "reason": "its head node is not running", "keyAdvice": KEY_ADVICE}
+    own = pairing.head_slurm_settings(clients, departure.region, departure.head_instance_id, departure.cluster_name)
+    if not own.slurmdbd_unit:
+        return {"action": "left", "keyAdvice": KEY_ADVICE, "reason": (
+            f"{departure.cluster_name} has no slurmdbd of its own: its slurmctld still names the federation's "
+            "slurmdbd, which it can no longer reach; give it accounting of its own (Scheduling/SlurmSettings/"
+            "Database) or set AccountingStorageType=accounting_storage/none")}
+    results = node_commands.run_script_checked(
+        clients("ssm", departure.region), [departure.head_instance_id], "set-accounting.sh",
+        ["--host", departure.head_node_ip, "--port", str(own.dbd_port or 6819), "--start-local-slurmdbd",
+         "--backup-id", request.execution_name],
+        timeout_seconds=config.node_command_timeout_seconds,
+        comment=f"slurm-multicluster: {departure.cluster_name} leaves: back to its own slurmdbd",
+    )
+    return {"action": "own accounting", "keyAdvice": KEY_ADVICE, **results[departure.head_instance_id].result}
 
 
 def remove_from_accounting(clients: ClientFactory, request: PairingRequest, departure: Departure,

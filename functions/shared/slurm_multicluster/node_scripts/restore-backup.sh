@@ -10,7 +10,7 @@
 #
 # Restores every entry of $BACKUP_ROOT/ID/manifest: files get back their exact bytes, mode and owner;
 # "absent:<path>" entries (files that did not exist before) are deleted; a slurmdbd that set-accounting.sh
-# stopped and disabled is enabled and started again. Then, if the munge key changed back, restarts munge
+# stopped and disabled is enabled and started again (one it started and enabled is stopped and disabled). Then, if the munge key changed back, restarts munge
 # (and an active slurmdbd); if the key or a Slurm config file changed back, restarts slurmctld and slurmd
 # where they exist and are not deliberately stopped (slurmctld: until `scontrol ping` says UP).
 # Idempotent: what already matches the backup is left alone; a second run changes nothing. The backup
@@ -104,6 +104,17 @@ if [[ $key_changed == true ]] && unit_exists munge; then
 fi
 
 if unit_exists slurmdbd; then
+    # set-accounting.sh --start-local-slurmdbd started (and enabled) it: stop (and disable) it again.
+    if manifest_has started:slurmdbd && unit_active slurmdbd; then
+        CHANGED=true
+        stop_unit slurmdbd || die "systemctl stop slurmdbd failed"
+        echo "stopped slurmdbd again" >&2
+    fi
+    if manifest_has enabled:slurmdbd && systemctl is-enabled --quiet slurmdbd 2>/dev/null; then
+        CHANGED=true
+        systemctl disable slurmdbd >&2 || die "systemctl disable slurmdbd failed"
+        echo "disabled slurmdbd again" >&2
+    fi
     if manifest_has disabled:slurmdbd && ! systemctl is-enabled --quiet slurmdbd 2>/dev/null; then
         CHANGED=true
         systemctl enable slurmdbd >&2 || die "systemctl enable slurmdbd failed"

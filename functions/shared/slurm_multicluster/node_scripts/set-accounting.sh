@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # set-accounting.sh: point this head node's slurmctld at a (shared) slurmdbd.
 #
-# Usage: set-accounting.sh --host HOST --port PORT --backup-id ID [--stop-local-slurmdbd] [--deadline SECONDS]
+# Usage: set-accounting.sh --host HOST --port PORT --backup-id ID [--stop-local-slurmdbd | --start-local-slurmdbd]
+#                          [--deadline SECONDS]
 #   --host HOST              the slurmdbd host: a host name or an IPv4 address
 #   --port PORT              its DbdPort, 1..65535
 #   --backup-id ID           backup name (the workflow's execution name), see restore-backup.sh
 #   --stop-local-slurmdbd    afterwards stop and disable this node's own slurmdbd, if it runs
 #                            (recorded in the backup: restore-backup.sh enables and starts it again)
+#   --start-local-slurmdbd   first enable and start this node's own slurmdbd (HOST must be this node): a cluster
+#                            leaving its federation goes back to its own accounting (undone if the change fails)
 #   --deadline SECONDS       how long slurmctld gets to answer `scontrol ping` after its restart (default 120)
 #
 # Sets AccountingStorageType=accounting_storage/slurmdbd, AccountingStorageHost=HOST and
@@ -17,7 +20,8 @@
 # `scontrol ping` to say UP and `scontrol show config` to show the new values; if that does not happen
 # before the deadline, puts the file back, restarts slurmctld again and fails.
 # Nothing to change (file and live values already right) -> "changed": false and no restart.
-# Last stdout line, one JSON object: ok, changed, file, restarted (list), stoppedSlurmdbd [, rolledBack, error].
+# Last stdout line, one JSON object: ok, changed, file, restarted (list), stoppedSlurmdbd, startedSlurmdbd
+# [, rolledBack, error].
 # Exit status: 0 done, 1 failed (rolled back), 2 invalid input (nothing changed).
 # Environment: SLURM_ETC (/opt/slurm/etc), BACKUP_ROOT (/var/lib/slurm-multicluster/backups).
 set -euo pipefail
@@ -28,6 +32,7 @@ host=""
 port=""
 backup_id=""
 stop_local_slurmdbd=false
+start_local_slurmdbd=false
 deadline_seconds=120
 while (($#)); do
     case $1 in
@@ -36,6 +41,7 @@ while (($#)); do
         --backup-id) require_value "$@"; backup_id=$2; shift 2 ;;
         --deadline) require_value "$@"; deadline_seconds=$2; shift 2 ;;
         --stop-local-slurmdbd) stop_local_slurmdbd=true; shift ;;
+        --start-local-slurmdbd) start_local_slurmdbd=true; shift ;;
         -h | --help) show_help ;;
         *) die_usage "unknown argument '$(sanitize "$1")'" ;;
     esac
@@ -48,12 +54,17 @@ check_port "$port"
 check_backup_id "$backup_id"
 check_seconds --deadline "$deadline_seconds" 3600
 check_path_settings
+if [[ $stop_local_slurmdbd == true && $start_local_slurmdbd == true ]]; then
+    die_usage "--stop-local-slurmdbd and --start-local-slurmdbd exclude each other"
+fi
 
 TYPE_LINE="AccountingStorageType=accounting_storage/slurmdbd"
 HOST_LINE="AccountingStorageHost=$host"
 PORT_LINE="AccountingStoragePort=$port"
 restarted=()
 stopped_slurmdbd=false
+started_slurmdbd=false
+enabled_slurmdbd=false
 slurmctld_restarted=false
 
 # is_this_node HOST: HOST names or addresses this node (stopping our slurmdbd would then cut accounting).
@@ -98,6 +109,12 @@ rollback() {
         fi
         start_unit slurmdbd || status=1
     fi
+    if [[ $started_slurmdbd == true ]]; then
+        stop_unit slurmdbd || status=1
+    fi
+    if [[ $enabled_slurmdbd == true ]]; then
+        systemctl disable slurmdbd >&2 || status=1
+    fi
     if [[ $slurmctld_restarted == true || ${#RESTORED_PATHS[@]} -gt 0 ]]; then
         restart_slurm_unit slurmctld $(($(now) + deadline_seconds)) || status=1
     fi
@@ -110,6 +127,10 @@ slurm_conf="$SLURM_ETC/slurm.conf"
 unit_exists slurmctld || die "this node has no slurmctld unit: run set-accounting.sh on the head node"
 if [[ $stop_local_slurmdbd == true ]] && is_this_node "$host"; then
     die "--host $host is this node: refusing to stop the slurmdbd that accounting would point at"
+fi
+if [[ $start_local_slurmdbd == true ]]; then
+    is_this_node "$host" || die "--start-local-slurmdbd: --host $host is not this node"
+    unit_exists slurmdbd || die "--start-local-slurmdbd: this node has no slurmdbd unit (no accounting database of its own)"
 fi
 lock_node
 
@@ -172,15 +193,40 @@ stop_slurmdbd_now=false
 if [[ $stop_local_slurmdbd == true ]] && unit_exists slurmdbd && unit_active slurmdbd; then
     stop_slurmdbd_now=true
 fi
-if [[ $file_changes == false && $restart_needed == false && $stop_slurmdbd_now == false ]]; then
+start_slurmdbd_now=false
+enable_slurmdbd_now=false
+if [[ $start_local_slurmdbd == true ]]; then
+    unit_active slurmdbd || start_slurmdbd_now=true
+    systemctl is-enabled --quiet slurmdbd 2>/dev/null || enable_slurmdbd_now=true
+fi
+if [[ $file_changes == false && $restart_needed == false && $stop_slurmdbd_now == false &&
+    $start_slurmdbd_now == false && $enable_slurmdbd_now == false ]]; then
     result_str file "$accounting_file"
     result_list restarted
     result_bool stoppedSlurmdbd false
+    result_bool startedSlurmdbd false
     finish
 fi
 
 backup_open "$backup_id"
 ON_FAILURE=rollback
+# Going back to its own accounting: slurmdbd must answer before slurmctld restarts and registers with it.
+if [[ $enable_slurmdbd_now == true ]]; then
+    manifest_add enabled:slurmdbd
+    enabled_slurmdbd=true
+    CHANGED=true
+    systemctl enable slurmdbd >&2 || die "systemctl enable slurmdbd failed"
+fi
+if [[ $start_slurmdbd_now == true ]]; then
+    manifest_add started:slurmdbd
+    started_slurmdbd=true
+    CHANGED=true
+    restarted+=(slurmdbd)
+    start_unit slurmdbd || die "systemctl start slurmdbd failed"
+    wait_unit_active slurmdbd $(($(now) + deadline_seconds)) || die "the local slurmdbd is not active after its start"
+    echo "enabled and started the local slurmdbd" >&2
+fi
+
 if [[ $file_changes == true ]]; then
     backup_file "$accounting_file"
     if [[ -f $accounting_file ]]; then
@@ -221,4 +267,5 @@ fi
 result_str file "$accounting_file"
 result_list restarted ${restarted[@]+"${restarted[@]}"}
 result_bool stoppedSlurmdbd "$stopped_slurmdbd"
+result_bool startedSlurmdbd "$started_slurmdbd"
 finish
