@@ -391,6 +391,23 @@ def tag_change_event(stack_id: str, region: str, changed: list[str], tags: dict[
     }
 
 
+def events_queue(region: str, name: str = "slurm-multicluster-events") -> str:
+    """An SQS queue that receives every event the product publishes (source slurm-multicluster): its URL."""
+    sqs = boto3.client("sqs", region_name=region)
+    queue = sqs.create_queue(QueueName=name)["QueueUrl"]
+    arn = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    events = boto3.client("events", region_name=region)
+    events.put_rule(Name=name, EventPattern=json.dumps({"source": ["slurm-multicluster"]}))
+    events.put_targets(Rule=name, Targets=[{"Id": "queue", "Arn": arn}])
+    return queue
+
+
+def published(queue: str, region: str) -> list[dict[str, Any]]:
+    """The events that reached ``queue`` (up to 10, left in the queue)."""
+    messages = boto3.client("sqs", region_name=region).receive_message(QueueUrl=queue, MaxNumberOfMessages=10)
+    return [json.loads(m["Body"]) for m in messages.get("Messages", [])]
+
+
 # ---------------------------------------------------------------- executions
 def wait_for_execution(
     execution_arn: str, region: str, *, timeout: float = 600, on_event: Callable[[dict[str, Any]], None] | None = None

@@ -5,13 +5,12 @@ from __future__ import annotations
 import base64
 import contextlib
 import io
-import json
 import re
 from typing import Any
 
 import boto3
 
-from lab import ClusterSpec, Lab
+from lab import ClusterSpec, Lab, cloud
 from lab.bridge import LabCloud
 from lab.core import DEFAULT_BASE
 from lab_helpers import submit, wait_until
@@ -65,19 +64,11 @@ def run_logged(cloud: LabCloud, execution_input: dict[str, Any], **kwargs: Any) 
 
 def events_queue(region: str = "us-east-1") -> str:
     """An SQS queue receiving every event this product publishes (to assert on them)."""
-    sqs = boto3.client("sqs", region_name=region)
-    queue = sqs.create_queue(QueueName="slurm-multicluster-events")["QueueUrl"]
-    arn = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
-    events = boto3.client("events", region_name=region)
-    events.put_rule(Name="our-events", EventPattern=json.dumps({"source": ["slurm-multicluster"]}))
-    events.put_targets(Rule="our-events", Targets=[{"Id": "queue", "Arn": arn}])
-    return queue
+    return cloud.events_queue(region)
 
 
 def published(queue: str, region: str = "us-east-1") -> list[dict[str, Any]]:
-    sqs = boto3.client("sqs", region_name=region)
-    messages = sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10).get("Messages", [])
-    return [json.loads(m["Body"]) for m in messages]
+    return cloud.published(queue, region)
 
 
 def wait_job_completed_on(lab: Lab, node: str, cluster: str, job_id: int) -> dict[str, str]:

@@ -126,8 +126,7 @@ def opt_in(cloud: LabCloud, cluster: str) -> None:
 @pytest.fixture(scope="module")
 def federation(lab_host) -> Iterator[Federation]:
     """alpha, beta, gamma paired one after the other by the pairing workflow, as clusters join in real life:
-    beta is created tagged; gamma opts in once beta is a member (an unpaired tagged member fails every
-    pairing's verification, by design)."""
+    beta is created tagged; gamma opts in (its stack gets the federation tag) once beta is a member."""
     with fresh_lab("rotwf", "10.252.1.0/24", [ClusterSpec(c, accounting=c == "alpha", computes=1) for c in CLUSTERS]) \
             as lab, lab_cloud(lab, {"alpha": ALPHA_TAGS, "beta": BETA_TAGS},
                               parameters={"VerifyDeadlineSeconds": "20"}) as cloud:

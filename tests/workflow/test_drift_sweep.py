@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 
-import boto3
 import pytest
 
 from lab import cloud
@@ -20,18 +19,8 @@ def run_sweep(moto_aws, request: dict) -> dict:
 
 def report_events() -> tuple[str, callable]:
     """Route every event the product publishes to an SQS queue; returns a reader of what arrived."""
-    sqs = boto3.client("sqs", region_name=REGION)
-    queue = sqs.create_queue(QueueName="sweep-events")["QueueUrl"]
-    queue_arn = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
-    events = boto3.client("events", region_name=REGION)
-    events.put_rule(Name="sweep-events", EventPattern=json.dumps({"source": ["slurm-multicluster"]}))
-    events.put_targets(Rule="sweep-events", Targets=[{"Id": "queue", "Arn": queue_arn}])
-
-    def received() -> list[dict]:
-        messages = sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10).get("Messages", [])
-        return [json.loads(m["Body"]) for m in messages]
-
-    return queue, received
+    queue = cloud.events_queue(REGION, "sweep-events")
+    return queue, lambda: cloud.published(queue, REGION)
 
 
 @pytest.mark.parametrize("request_", [

@@ -67,18 +67,11 @@ def _secret_readers() -> list[str]:
 
 
 def _events_queue() -> str:
-    sqs = boto3.client("sqs", region_name=REGION)
-    queue = sqs.create_queue(QueueName="our-events")["QueueUrl"]
-    arn = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
-    events = boto3.client("events", region_name=REGION)
-    events.put_rule(Name="our-events", EventPattern=json.dumps({"source": ["slurm-multicluster"]}))
-    events.put_targets(Rule="our-events", Targets=[{"Id": "queue", "Arn": arn}])
-    return queue
+    return cloud.events_queue(REGION)
 
 
 def _published(queue: str) -> list[dict[str, Any]]:
-    messages = boto3.client("sqs", region_name=REGION).receive_message(QueueUrl=queue, MaxNumberOfMessages=10)
-    return [json.loads(m["Body"]) for m in messages.get("Messages", [])]
+    return cloud.published(queue, REGION)
 
 
 @pytest.fixture

@@ -1,7 +1,7 @@
 """One workflow at a time per federation: a lease item in DynamoDB, with an expiry.
 
-Every workflow that changes a federation (pairing, key rotation, later unpairing and drift repair) acquires the
-federation's lease first and releases it on its success and failure paths. A lease whose holder died without
+Every workflow that changes a federation (pairing, key rotation, unpairing; the drift sweep through its
+pairings) acquires the federation's lease first and releases it on its success and failure paths. A lease whose holder died without
 releasing it (an execution that timed out or was stopped) expires by itself after ``seconds``.
 
 Item: ``{"federation": <name>, "holder": <execution name>, "workflow": "rotation", "acquiredAt": epoch,
@@ -23,7 +23,7 @@ from slurm_multicluster.models import StateModel
 
 logger = Logger(child=True)
 
-WORKFLOWS = ("pairing", "rotation", "unpairing", "drift-repair")
+WORKFLOWS = ("pairing", "rotation", "unpairing")  # the drift sweep's runs are pairings
 
 
 class FederationBusy(PairingError):
