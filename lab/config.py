@@ -117,8 +117,9 @@ def units(role: str, accounting: bool) -> dict:
         table["slurmctld"] = {"exec": ["/usr/sbin/slurmctld", "-D", "-s"], "log": "/var/log/slurm/slurmctld.out",
                               "stop_timeout": 10}
     else:
+        # slurmd.service has KillMode=process: stopping slurmd leaves the jobs' processes running
         table["slurmd"] = {"exec": ["/usr/sbin/slurmd", "-D", "-s"], "log": "/var/log/slurm/slurmd.out",
-                           "stop_timeout": 3}
+                           "stop_timeout": 3, "kill_mode": "process"}
     return table
 
 

@@ -143,15 +143,32 @@ def start(unit, spec):
         time.sleep(0.05)
 
 
+def signal_unit(pid, sig, spec):
+    """Send ``sig`` as systemd does: to every process of the unit (KillMode=control-group, the default; here
+    the unit's process group, since each unit starts in a session of its own), or to the main process only
+    (KillMode=process, slurmd's: its jobs' processes outlive a slurmd restart)."""
+    try:
+        if spec.get("kill_mode", "control-group") == "process":
+            os.kill(pid, sig)
+        else:
+            os.killpg(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
 def stop(unit, spec):
     pid, alive = read_main_pid(unit)
     if alive:
         start_time = proc_state(pid)[1]
-        os.kill(pid, signal.SIGTERM)
+        signal_unit(pid, signal.SIGTERM, spec)
         if not wait_dead(pid, start_time, spec.get("stop_timeout", 5)):
             # e.g. a slurmd that never registered ignores SIGTERM
-            os.kill(pid, signal.SIGKILL)
+            signal_unit(pid, signal.SIGKILL, spec)
             wait_dead(pid, start_time, 30)
+        if spec.get("kill_mode", "control-group") != "process":
+            # what is left of the unit (a child such as slurmctld's slurmscriptd) goes too, as with systemd's
+            # final SIGKILL; only while the group is known to be this unit's (its main process was alive)
+            signal_unit(pid, signal.SIGKILL, spec)
     try:
         os.unlink(pid_file(unit))
     except FileNotFoundError:
@@ -271,7 +288,7 @@ def main(argv):
         elif verb == "kill":
             pid, alive = read_main_pid(u)
             if alive:
-                os.kill(pid, sig)
+                signal_unit(pid, sig, units[u])
         elif verb == "enable":
             if os.path.exists(disabled_marker(u)):
                 os.unlink(disabled_marker(u))

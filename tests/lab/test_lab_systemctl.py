@@ -17,6 +17,9 @@ pytestmark = pytest.mark.lab
 
 NODECTL = REPO / "lab" / "nodectl.py"
 IGNORES_TERM = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('up', flush=True); time.sleep(600)"
+# A daemon with a helper child (as slurmctld has slurmscriptd): writes the child's pid, then sleeps.
+WITH_CHILD = ("import subprocess, sys, time; c = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)']);"
+              " open(sys.argv[1], 'w').write(str(c.pid)); time.sleep(600)")
 
 
 @pytest.fixture
@@ -26,6 +29,10 @@ def systemctl(tmp_path):
                      "stop_timeout": 0.3},
         "broken": {"exec": [sys.executable, "-c", "raise SystemExit(3)"], "log": str(tmp_path / "broken.out"),
                    "ready_socket": str(tmp_path / "never.sock")},
+        "parent": {"exec": [sys.executable, "-c", WITH_CHILD, str(tmp_path / "parent.child")],
+                   "log": str(tmp_path / "parent.out")},
+        "keeper": {"exec": [sys.executable, "-c", WITH_CHILD, str(tmp_path / "keeper.child")],
+                   "log": str(tmp_path / "keeper.out"), "kill_mode": "process"},
     }
     (tmp_path / "units.json").write_text(json.dumps({"node": "test", "units": units}))
     env = dict(os.environ, LAB_SYSTEMCTL_DIR=str(tmp_path))
@@ -36,6 +43,15 @@ def systemctl(tmp_path):
 
     yield run
     run("stop", "stubborn")
+    run("stop", "parent")
+    run("stop", "keeper")
+    for name in ("parent", "keeper"):
+        child = tmp_path / f"{name}.child"
+        if child.exists():
+            try:
+                os.kill(int(child.read_text()), 9)
+            except ProcessLookupError:
+                pass
 
 
 def main_pid(systemctl, unit):
@@ -68,6 +84,30 @@ def test_restart_and_kill(systemctl):
         assert time.monotonic() < deadline, "killed unit never reported failed"
         time.sleep(0.05)
     assert main_pid(systemctl, "stubborn") == 0
+
+
+def test_kill_and_stop_reach_every_process_of_the_unit_unless_kill_mode_is_process(systemctl, tmp_path):
+    """As systemd: KillMode=control-group (default) signals the unit's children too (slurmctld's slurmscriptd);
+    KillMode=process (slurmd.service) signals the main process only, so jobs outlive a slurmd restart."""
+    for unit in ("parent", "keeper"):
+        assert systemctl("start", unit).returncode == 0
+    children = {}
+    for unit in ("parent", "keeper"):
+        path = tmp_path / f"{unit}.child"
+        deadline = time.monotonic() + 10
+        while not (path.exists() and path.read_text()):
+            assert time.monotonic() < deadline, f"{unit} never started its child"
+            time.sleep(0.05)
+        children[unit] = int(path.read_text())
+
+    assert systemctl("kill", "--signal=KILL", "parent").returncode == 0
+    assert systemctl("stop", "keeper").returncode == 0
+
+    deadline = time.monotonic() + 10
+    while system.alive(children["parent"]):
+        assert time.monotonic() < deadline, "the killed unit's child survived"
+        time.sleep(0.05)
+    assert system.alive(children["keeper"])  # KillMode=process: left running
 
 
 def test_a_unit_that_dies_while_starting_fails_the_start(systemctl):
