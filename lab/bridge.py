@@ -62,7 +62,6 @@ class LabCloud:
                                     cloud.ROTATION_STATE_MACHINE)
         return cloud.wait_for_execution(arn, self.region, timeout=timeout, on_event=on_event)
 
-
     def unpair(self, stack_name: str, *, timeout: float = 600, **options: Any) -> dict[str, Any]:
         """Unpair a cluster by hand, as `sam remote invoke` with events/manual-unpair.json does."""
         arn = cloud.start_execution(self.deployment, {"stackName": stack_name, "region": self.region, **options},

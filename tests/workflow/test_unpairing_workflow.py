@@ -66,14 +66,6 @@ def _secret_readers() -> list[str]:
     return sorted(arn for s in statements if s["Sid"] == "MemberHeadNodesReadMungeKey" for arn in s["Principal"]["AWS"])
 
 
-def _events_queue() -> str:
-    return cloud.events_queue(REGION)
-
-
-def _published(queue: str) -> list[dict[str, Any]]:
-    return cloud.published(queue, REGION)
-
-
 @pytest.fixture
 def route(moto_aws):
     def run_all(event: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -87,7 +79,7 @@ def test_deleting_a_member_revokes_every_rule_touching_its_group_so_the_group_ca
     assert _ours_touching(beta.security_group_id), "the fixture must pair beta first"
     kept_between_others = [r["SecurityGroupRuleId"] for r in _ours_touching(alpha.security_group_id)
                            if beta.security_group_id not in (r["GroupId"], r.get("ReferencedGroupInfo", {}).get("GroupId"))]
-    queue = _events_queue()
+    queue = cloud.events_queue(REGION)
 
     outcomes = route(cloud.stack_status_event(beta.stack_id, "DELETE_IN_PROGRESS", REGION))
 
@@ -105,7 +97,7 @@ def test_deleting_a_member_revokes_every_rule_touching_its_group_so_the_group_ca
     output = json.loads(result["output"])
     assert output["accounting"]["action"] == "kept"
     assert moto_aws.commands == []  # keeping the history touches no node
-    events = [e for e in _published(queue) if e["detail-type"] == "Slurm Cluster Unpaired"]
+    events = [e for e in cloud.published(queue, REGION) if e["detail-type"] == "Slurm Cluster Unpaired"]
     assert [(e["detail"]["cluster"], e["detail"]["federation"], e["detail"]["trigger"]) for e in events] == [
         ("beta", "hpc", "DELETE_IN_PROGRESS")]
 
@@ -190,13 +182,13 @@ def test_manual_unpairing_rejects_pairing_options_and_hostile_names(moto_aws, fe
 
 def test_deleting_the_accounting_cluster_is_announced_loudly(moto_aws, federation, route, capfd):
     alpha = federation["alpha"]
-    queue = _events_queue()
+    queue = cloud.events_queue(REGION)
     result = route(cloud.stack_status_event(alpha.stack_id, "DELETE_IN_PROGRESS", REGION))[cloud.UNPAIRING_STATE_MACHINE]
 
     assert result["status"] == "SUCCEEDED", result.get("cause")
     assert json.loads(result["output"])["accountingClusterLost"] is True
     assert _ours_touching(alpha.security_group_id) == []
-    lost = [e for e in _published(queue) if e["detail-type"] == "Slurm Federation Accounting Cluster Lost"]
+    lost = [e for e in cloud.published(queue, REGION) if e["detail-type"] == "Slurm Federation Accounting Cluster Lost"]
     assert len(lost) == 1 and lost[0]["detail"]["federation"] == "hpc" and "README" in lost[0]["detail"]["recovery"]
     # The metric (Powertools EMF on stdout, as CloudWatch Logs receives it) is the one the template's alarm watches.
     emf = [json.loads(line) for line in capfd.readouterr().out.splitlines() if line.startswith("{") and '"_aws"' in line]

@@ -15,10 +15,9 @@ from typing import Any, Callable, Literal
 
 import yaml
 from aws_lambda_powertools import Logger
-from botocore.exceptions import ClientError
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
-from slurm_multicluster import discovery, pairing
+from slurm_multicluster import discovery, munge_secret, pairing
 from slurm_multicluster import validation as v
 from slurm_multicluster.errors import InvalidInput, PrerequisiteFailed
 from slurm_multicluster.models import FederationName, Member, Region, StateModel
@@ -85,13 +84,10 @@ def federation_secret_arn(secretsmanager: Any, config: Settings, federation: str
     name = config.munge_key_secret_name(federation)
     not_paired = (f"no cluster of federation {federation} has been paired yet, pair the accounting cluster first "
                   f"(the federation secret {name} {{why}})")
-    try:
-        described = secretsmanager.describe_secret(SecretId=name)
-    except ClientError as error:
-        if error.response["Error"]["Code"] == "ResourceNotFoundException":
-            raise PrerequisiteFailed(not_paired.format(why="does not exist")) from None
-        raise
-    if not any("AWSCURRENT" in labels for labels in described.get("VersionIdsToStages", {}).values()):
+    described = munge_secret.describe(secretsmanager, name)
+    if described is None:
+        raise PrerequisiteFailed(not_paired.format(why="does not exist"))
+    if munge_secret.current_version(described) is None:
         raise PrerequisiteFailed(not_paired.format(why="holds no AWSCURRENT key"))
     return v.require(SECRET_ARN, described["ARN"], "secret ARN")
 

@@ -50,7 +50,7 @@ def membership(stack: dict[str, Any], config: Settings) -> tuple[str | None, str
     return federation, "tagged member"
 
 
-def _instances(ec2: Any, filters: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def instances(ec2: Any, filters: list[dict[str, Any]]) -> list[dict[str, Any]]:
     paginator = ec2.get_paginator("describe_instances")
     return [
         instance
@@ -60,17 +60,18 @@ def _instances(ec2: Any, filters: list[dict[str, Any]]) -> list[dict[str, Any]]:
     ]
 
 
-def _cluster_filters(cluster_name: str, node_type: str) -> list[dict[str, Any]]:
+def cluster_filters(cluster_name: str, node_type: str, states: tuple[str, ...] = ("running",)) -> list[dict[str, Any]]:
+    """DescribeInstances filters for one ParallelCluster node type of a cluster, in the given states."""
     return [
         {"Name": f"tag:{CLUSTER_NAME_TAG}", "Values": [cluster_name]},
         {"Name": f"tag:{NODE_TYPE_TAG}", "Values": [node_type]},
-        {"Name": "instance-state-name", "Values": ["running"]},
+        {"Name": "instance-state-name", "Values": list(states)},
     ]
 
 
 def head_node(ec2: Any, iam: Any, cloudformation: Any, cluster_name: str) -> HeadNode:
     """The running head node of a cluster, with its security groups and IAM role."""
-    found = _instances(ec2, _cluster_filters(cluster_name, "HeadNode"))
+    found = instances(ec2, cluster_filters(cluster_name, "HeadNode"))
     if len(found) != 1:
         raise PrerequisiteFailed(
             f"cluster {cluster_name}: expected one running head node tagged {NODE_TYPE_TAG}=HeadNode, found {len(found)}"
@@ -109,7 +110,7 @@ def _instance_role_arn(iam: Any, instance: dict[str, Any]) -> str | None:
 
 def node_instance_ids(ec2: Any, cluster_name: str, node_type: str) -> list[str]:
     """Running instances of one ParallelCluster node type (Compute, LoginNode) of a cluster."""
-    return sorted(i["InstanceId"] for i in _instances(ec2, _cluster_filters(cluster_name, node_type)))
+    return sorted(i["InstanceId"] for i in instances(ec2, cluster_filters(cluster_name, node_type)))
 
 
 def member(clients: ClientFactory, stack: dict[str, Any], region: str, federation: str, config: Settings) -> Member:

@@ -134,12 +134,16 @@ def authorize(ec2_for: Callable[[str], Any], rules: list[IngressRule], federatio
 def revoke(ec2_for: Callable[[str], Any], rules: list[AddedRule]) -> list[AddedRule]:
     """Revoke the given rules (already-missing ones are fine); returns what was revoked."""
     revoked = []
+    present: dict[tuple[str, str], set[str]] = {}  # the rules of each group, read once
     for rule in rules:
         ec2 = ec2_for(rule.region)
-        present = {r["SecurityGroupRuleId"] for r in rules_on_group(ec2, rule.group_id)}
-        if rule.rule_id not in present:
+        group = (rule.region, rule.group_id)
+        if group not in present:
+            present[group] = {r["SecurityGroupRuleId"] for r in rules_on_group(ec2, rule.group_id)}
+        if rule.rule_id not in present[group]:
             continue
         ec2.revoke_security_group_ingress(GroupId=rule.group_id, SecurityGroupRuleIds=[rule.rule_id])
+        present[group].discard(rule.rule_id)
         logger.info("revoked ingress", extra={"group": rule.group_id, "rule_id": rule.rule_id})
         revoked.append(rule)
     return revoked

@@ -1,8 +1,8 @@
 """One workflow at a time per federation: a lease item in DynamoDB, with an expiry.
 
 Every workflow that changes a federation (pairing, key rotation, unpairing; the drift sweep through its
-pairings) acquires the federation's lease first and releases it on its success and failure paths. A lease whose holder died without
-releasing it (an execution that timed out or was stopped) expires by itself after ``seconds``.
+pairings) acquires the federation's lease first and releases it on its success and failure paths. A lease whose
+holder died without releasing it (an execution that timed out or was stopped) expires by itself after ``seconds``.
 
 Item: ``{"federation": <name>, "holder": <execution name>, "workflow": "rotation", "acquiredAt": epoch,
 "expiresAt": epoch}``; ``expiresAt`` is also the table's TTL attribute (DynamoDB deletes expired items lazily,

@@ -17,13 +17,26 @@ from slurm_multicluster.models import Member
 logger = Logger(child=True)
 
 
+def describe(secretsmanager: Any, name: str) -> dict[str, Any] | None:
+    """DescribeSecret of ``name`` (metadata and version labels, never the value), or None when it does not exist."""
+    try:
+        return secretsmanager.describe_secret(SecretId=name)
+    except ClientError as error:
+        if error.response["Error"]["Code"] == "ResourceNotFoundException":
+            return None
+        raise
+
+
+def current_version(described: dict[str, Any]) -> str | None:
+    """The version id labelled AWSCURRENT in a DescribeSecret answer, or None when the secret has no value yet."""
+    return next((version for version, labels in described.get("VersionIdsToStages", {}).items()
+                 if "AWSCURRENT" in labels), None)
+
+
 def ensure_secret(secretsmanager: Any, name: str, federation: str, tag_key: str) -> tuple[str, bool]:
     """(ARN, has an AWSCURRENT value) of the federation secret, creating it empty when missing."""
-    try:
-        described = secretsmanager.describe_secret(SecretId=name)
-    except ClientError as error:
-        if error.response["Error"]["Code"] != "ResourceNotFoundException":
-            raise
+    described = describe(secretsmanager, name)
+    if described is None:
         created = secretsmanager.create_secret(
             Name=name,
             Description=f"Munge key shared by the Slurm federation {federation} (base64, ParallelCluster MungeKeySecretArn format)",
@@ -31,8 +44,7 @@ def ensure_secret(secretsmanager: Any, name: str, federation: str, tag_key: str)
         )
         logger.info("created federation secret", extra={"secret": name})
         return created["ARN"], False
-    stages = described.get("VersionIdsToStages", {})
-    return described["ARN"], any("AWSCURRENT" in labels for labels in stages.values())
+    return described["ARN"], current_version(described) is not None
 
 
 def access_policy(secret_arn: str, members: list[Member]) -> dict[str, Any]:
@@ -65,12 +77,8 @@ def access_policy(secret_arn: str, members: list[Member]) -> dict[str, Any]:
 
 def secret_arn(secretsmanager: Any, name: str) -> str | None:
     """The ARN of the secret called ``name``, or None when it does not exist."""
-    try:
-        return secretsmanager.describe_secret(SecretId=name)["ARN"]
-    except ClientError as error:
-        if error.response["Error"]["Code"] == "ResourceNotFoundException":
-            return None
-        raise
+    described = describe(secretsmanager, name)
+    return described["ARN"] if described else None
 
 
 def set_access(secretsmanager: Any, secret_arn: str, members: list[Member]) -> list[str]:

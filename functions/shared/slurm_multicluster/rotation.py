@@ -19,7 +19,7 @@ from aws_lambda_powertools import Logger
 from botocore.exceptions import ClientError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from slurm_multicluster import discovery, node_commands
+from slurm_multicluster import discovery, munge_secret, node_commands
 from slurm_multicluster import validation as v
 from slurm_multicluster.errors import InvalidInput, NodeCommandFailed, PairingError, PrerequisiteFailed, VerificationFailed
 from slurm_multicluster.models import ExecutionName, FederationName, Member, Region, StateModel
@@ -187,18 +187,15 @@ def discover_members(clients: ClientFactory, request: RotationRequest, config: S
 
 def _current_version(secretsmanager: Any, secret_name: str) -> tuple[str, str]:
     """(ARN, version id holding AWSCURRENT) of the federation secret; PrerequisiteFailed when it has none."""
-    try:
-        described = secretsmanager.describe_secret(SecretId=secret_name)
-    except ClientError as error:
-        if error.response["Error"]["Code"] == "ResourceNotFoundException":
-            raise PrerequisiteFailed(
-                f"the federation secret {secret_name} does not exist: pair a member first (the pairing creates it)"
-            ) from None
-        raise
-    for version, stages in described.get("VersionIdsToStages", {}).items():
-        if "AWSCURRENT" in stages:
-            return described["ARN"], version
-    raise PrerequisiteFailed(f"the federation secret {secret_name} has no AWSCURRENT value: pair a member first")
+    described = munge_secret.describe(secretsmanager, secret_name)
+    if described is None:
+        raise PrerequisiteFailed(
+            f"the federation secret {secret_name} does not exist: pair a member first (the pairing creates it)"
+        )
+    version = munge_secret.current_version(described)
+    if version is None:
+        raise PrerequisiteFailed(f"the federation secret {secret_name} has no AWSCURRENT value: pair a member first")
+    return described["ARN"], version
 
 
 def check_prerequisites(clients: ClientFactory, request: RotationRequest, members: list[Member], config: Settings) -> RotationPlan:

@@ -31,7 +31,7 @@ ClientFactory = Callable[[str, str], Any]
 # The metric the template's AccountingClusterLostAlarm watches (namespace SlurmMulticluster, dimension service).
 ACCOUNTING_LOST_METRIC = "AccountingClusterLost"
 
-NOT_TERMINATED = ["pending", "running", "stopping", "stopped", "shutting-down"]
+NOT_TERMINATED = ("pending", "running", "stopping", "stopped", "shutting-down")
 
 
 class Departure(StateModel):
@@ -62,17 +62,7 @@ def _stack_security_groups(cloudformation: Any, stack: str) -> list[str]:
 
 
 def _head_instance(ec2: Any, cluster_name: str) -> dict[str, Any] | None:
-    paginator = ec2.get_paginator("describe_instances")
-    found = [
-        instance
-        for page in paginator.paginate(Filters=[
-            {"Name": f"tag:{discovery.CLUSTER_NAME_TAG}", "Values": [cluster_name]},
-            {"Name": f"tag:{discovery.NODE_TYPE_TAG}", "Values": ["HeadNode"]},
-            {"Name": "instance-state-name", "Values": NOT_TERMINATED},
-        ])
-        for reservation in page["Reservations"]
-        for instance in reservation["Instances"]
-    ]
+    found = discovery.instances(ec2, discovery.cluster_filters(cluster_name, "HeadNode", NOT_TERMINATED))
     return found[0] if len(found) == 1 else None
 
 
