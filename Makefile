@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 # Lambda runs python3.12: prefer it (pyenv keeps it under its versions dir), else the system python3.
 PYTHON ?= $(firstword $(wildcard /root/.pyenv/versions/3.12*/bin/python3.12) $(shell command -v python3.12 2>/dev/null) python3)
-DEBIAN_PACKAGES := slurmctld slurmd slurm-client slurmdbd munge mariadb-server mariadb-client iproute2 util-linux procps shellcheck
+DEBIAN_PACKAGES := slurmctld slurmd slurm-client slurmdbd munge mariadb-server mariadb-client iproute2 util-linux procps shellcheck debootstrap
 export SAM_CLI_TELEMETRY := 0
 
 .PHONY: help setup system-packages test unit lint demo bench bench-rotation lab-up lab-down clean

@@ -8,18 +8,24 @@ import os
 import sys
 import time
 
+from . import roots
 from .core import ClusterSpec, Lab
 from .system import LabError
 
 
-def parse_clusters(text: str, computes: int, spare: int) -> list[ClusterSpec]:
-    """'alpha:accounting,beta' -> ClusterSpecs, every cluster with the same compute counts."""
+def parse_clusters(text: str, computes: int, spare: int, slurm: str = "", logins: int = 0) -> list[ClusterSpec]:
+    """'alpha:accounting:26.05,beta' -> ClusterSpecs, every cluster with the same node counts; a Slurm release
+    after a name (e.g. ':24.11') overrides `slurm` for that cluster."""
     specs = []
     for item in filter(None, (s.strip() for s in text.split(","))):
-        name, _, flags = item.partition(":")
-        if flags not in ("", "accounting"):
-            raise LabError(f"--clusters entry {item!r}: only ':accounting' may follow a name")
-        specs.append(ClusterSpec(name, accounting=flags == "accounting", computes=computes, spare_computes=spare))
+        name, *flags = item.split(":")
+        release = next((f for f in flags if f in roots.RELEASES), slurm)
+        unknown = [f for f in flags if f != "accounting" and f not in roots.RELEASES]
+        if unknown:
+            raise LabError(f"--clusters entry {item!r}: after a name only ':accounting' and a Slurm release "
+                           f"({', '.join(roots.RELEASES)}) may follow")
+        specs.append(ClusterSpec(name, accounting="accounting" in flags, computes=computes, spare_computes=spare,
+                                 slurm=release, logins=logins))
     return specs
 
 
@@ -52,6 +58,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="comma-separated cluster names; ':accounting' gives that head MariaDB + slurmdbd")
     up.add_argument("--computes", type=int, default=1, help="booted compute nodes per cluster")
     up.add_argument("--spare-computes", type=int, default=0, help="compute nodes per cluster left stopped")
+    up.add_argument("--logins", type=int, default=0, help="login nodes per cluster (munged only)")
+    up.add_argument("--slurm", default="", choices=["", *roots.RELEASES],
+                    help=f"Slurm release of every cluster (default: $LAB_SLURM, else {roots.DEFAULT_RELEASE}); "
+                         "22.05 is the host's, others run in a cached Debian root built on first use")
 
     for cmd, text in (("down", "stop everything and delete the namespaces"), ("status", "nodes, daemons, sinfo")):
         s = sub.add_parser(cmd, help=text)
@@ -76,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     try:
         if a.cmd == "up":
-            lab = Lab(a.name, a.subnet, parse_clusters(a.clusters, a.computes, a.spare_computes))
+            lab = Lab(a.name, a.subnet, parse_clusters(a.clusters, a.computes, a.spare_computes, a.slurm, a.logins))
             try:
                 lab.up(progress=lambda line: print(line, flush=True))
             except LabError:

@@ -6,6 +6,9 @@ from __future__ import annotations
 SLURM_ETC = "/opt/slurm/etc"
 SHARED_DIR = "/opt/parallelcluster/shared"
 SHARED_KEY = SHARED_DIR + "/.munge/.munge.key"
+# login nodes mount this one instead of SHARED_DIR (ParallelCluster 3.7+: shared_login_nodes)
+LOGIN_SHARED_DIR = "/opt/parallelcluster/shared_login_nodes"
+LOGIN_SHARED_KEY = LOGIN_SHARED_DIR + "/.munge/.munge.key"
 MUNGE_KEY = "/etc/munge/munge.key"
 DBD_PORT = 6819
 MYSQL_SOCKET = "/run/mysqld/mysqld.sock"
@@ -116,7 +119,7 @@ def units(role: str, accounting: bool) -> dict:
                                  "stop_timeout": 10}
         table["slurmctld"] = {"exec": ["/usr/sbin/slurmctld", "-D", "-s"], "log": "/var/log/slurm/slurmctld.out",
                               "stop_timeout": 10}
-    else:
+    elif role == "compute":
         # slurmd.service has KillMode=process: stopping slurmd leaves the jobs' processes running
         table["slurmd"] = {"exec": ["/usr/sbin/slurmd", "-D", "-s"], "log": "/var/log/slurm/slurmd.out",
                            "stop_timeout": 3, "kill_mode": "process"}
@@ -127,4 +130,6 @@ def boot_order(role: str, accounting: bool) -> list[str]:
     """Units in the order a node starts them at boot."""
     if role == "compute":
         return ["munge", "slurmd"]
+    if role == "login":
+        return ["munge"]
     return ["munge", "mariadb", "slurmdbd", "slurmctld"] if accounting else ["munge", "slurmctld"]

@@ -17,18 +17,18 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable, Iterable
 
-from . import config, system
+from . import config, roots, system
 from .system import LabError
 
 DEFAULT_BASE = Path("/var/tmp/slurm-multicluster-lab")
 REPO = Path(__file__).resolve().parents[1]
 NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
 CLUSTER_RE = re.compile(r"^[a-z][a-z0-9-]{0,39}$")
-MAX_NODES_PER_CLUSTER = 9  # head at .<10k+1>, computes up to .<10k+9>
+MAX_NODES_PER_CLUSTER = 9  # head at .<10k+1>, computes then login nodes up to .<10k+9>
 # Every command `exec` runs on a node passes this gate once inside the node's namespaces: `down` removes the
 # node's /run/lab/up first, so a command entering while down kills is either seen by its kill loop (it entered
 # before the removal) or refuses to start (exit 125): nothing slips in behind the last pass.
@@ -54,13 +54,17 @@ NODE_DIRS = [
 
 @dataclass(frozen=True)
 class ClusterSpec:
-    """One cluster: a head node plus `computes` booted and `spare_computes` defined-but-stopped compute nodes.
-    `accounting=True` gives its head MariaDB + slurmdbd (a cluster created with a Database)."""
+    """One cluster: a head node plus `computes` booted and `spare_computes` defined-but-stopped compute nodes,
+    and `logins` login nodes (munged only, as ParallelCluster 3.7+ builds them). `accounting=True` gives its
+    head MariaDB + slurmdbd (a cluster created with a Database). `slurm` is the Slurm release every node of the
+    cluster runs (lab/roots.py: 22.05 host, 24.11, 26.05); empty means $LAB_SLURM, else 24.11."""
 
     name: str
     accounting: bool = False
     computes: int = 1
     spare_computes: int = 0
+    slurm: str = ""
+    logins: int = 0
 
 
 @dataclass(frozen=True)
@@ -69,30 +73,41 @@ class Node:
 
     name: str
     cluster: str
-    role: str  # "head" | "compute"
+    role: str  # "head" | "compute" | "login"
     ip: str
     hostname: str
     spare: bool = False
 
 
-def _owner(spec: str) -> tuple[int, int]:
+def _owner(spec: str, root: Path | None = None) -> tuple[int, int]:
+    """uid, gid of 'user:group' on the host, or inside a Debian root (munge and mysql ids differ by release)."""
     user, group = spec.split(":")
-    return pwd.getpwnam(user).pw_uid, grp.getgrnam(group).gr_gid
+    if root is None:
+        return pwd.getpwnam(user).pw_uid, grp.getgrnam(group).gr_gid
+
+    def lookup(table: str, name: str) -> int:
+        for line in (root / "etc" / table).read_text().splitlines():
+            fields = line.split(":")
+            if fields[0] == name:
+                return int(fields[2])
+        raise LabError(f"no {name!r} in {root}/etc/{table}")
+
+    return lookup("passwd", user), lookup("group", group)
 
 
-def _write(path: Path, text: str | bytes, owner: str = "root:root", mode: int = 0o644) -> None:
+def _write(path: Path, text: str | bytes, owner: str = "root:root", mode: int = 0o644, ids: Path | None = None) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as f:
         f.write(text.encode() if isinstance(text, str) else text)
-    os.chown(tmp, *_owner(owner))
+    os.chown(tmp, *_owner(owner, ids))
     os.chmod(tmp, mode)
     os.replace(tmp, path)
 
 
-def _mkdir(path: Path, owner: str, mode: int) -> None:
+def _mkdir(path: Path, owner: str, mode: int, ids: Path | None = None) -> None:
     path.mkdir(parents=True, exist_ok=True)
-    os.chown(path, *_owner(owner))
+    os.chown(path, *_owner(owner, ids))
     os.chmod(path, mode)
 
 
@@ -116,6 +131,8 @@ class Lab:
         if not net.is_private:
             raise LabError(f"subnet {subnet} must be private")
         specs = list(clusters) if clusters is not None else [ClusterSpec("alpha", accounting=True), ClusterSpec("beta")]
+        default_release = os.environ.get("LAB_SLURM") or roots.DEFAULT_RELEASE
+        specs = [c if c.slurm else replace(c, slurm=default_release) for c in specs]
         if not specs:
             raise LabError("a lab needs at least one cluster")
         if len({c.name for c in specs}) != len(specs):
@@ -125,8 +142,11 @@ class Lab:
         for c in specs:
             if not CLUSTER_RE.match(c.name):
                 raise LabError(f"cluster name {c.name!r} must match {CLUSTER_RE.pattern}")
-            if c.computes < 0 or c.spare_computes < 0 or c.computes + c.spare_computes > MAX_NODES_PER_CLUSTER - 1:
-                raise LabError(f"cluster {c.name}: computes + spare_computes must be 0..{MAX_NODES_PER_CLUSTER - 1}")
+            if min(c.computes, c.spare_computes, c.logins) < 0 or \
+                    c.computes + c.spare_computes + c.logins > MAX_NODES_PER_CLUSTER - 1:
+                raise LabError(f"cluster {c.name}: computes + spare_computes + logins must be "
+                               f"0..{MAX_NODES_PER_CLUSTER - 1}")
+            roots.suite_of(c.slurm)  # a release the lab can run
         self.name = name
         self.subnet = str(net)
         self.clusters = specs
@@ -148,6 +168,9 @@ class Lab:
             for j in range(1, c.computes + c.spare_computes + 1):
                 n = f"{c.name}-compute-{j}"
                 self.nodes.append(Node(n, c.name, "compute", str(base + j), n, spare=j > c.computes))
+            for j in range(1, c.logins + 1):
+                n = f"{c.name}-login-{j}"
+                self.nodes.append(Node(n, c.name, "login", str(base + c.computes + c.spare_computes + j), n))
         self._by_name = {n.name: n for n in self.nodes}
         self._holders: dict[str, tuple[int, str]] = {}
         self._booted: set[str] = set()
@@ -169,6 +192,15 @@ class Lab:
     def computes(self, cluster: str) -> list[Node]:
         """All compute nodes of a cluster, spare ones included, in order."""
         return [n for n in self.nodes if n.cluster == cluster and n.role == "compute"]
+
+    def logins(self, cluster: str) -> list[Node]:
+        """The login nodes of a cluster, in order."""
+        return [n for n in self.nodes if n.cluster == cluster and n.role == "login"]
+
+    def slurm_root(self, cluster: str) -> Path | None:
+        """The cached Debian root a cluster's nodes run in (None: the host's own Slurm 22.05)."""
+        suite = roots.suite_of(self.spec(cluster).slurm)
+        return None if suite == roots.HOST else roots.root_path(suite)
 
     def spec(self, cluster: str) -> ClusterSpec:
         for c in self.clusters:
@@ -338,9 +370,11 @@ class Lab:
             raise LabError(f"{e}; last sinfo: {last}") from None
 
     def _boot_compute(self, node: Node) -> None:
-        # what a ParallelCluster compute node does at boot: take the head node's shared key copy
-        self.sh(node.name, f"set -e\ninstall -o munge -g munge -m 0400 {config.SHARED_KEY} {config.MUNGE_KEY}\n"
-                           "for u in munge slurmd; do\n"
+        # what a ParallelCluster compute (login) node does at boot: take the head node's shared key copy
+        shared = config.LOGIN_SHARED_KEY if node.role == "login" else config.SHARED_KEY
+        units = " ".join(config.boot_order(node.role, False))
+        self.sh(node.name, f"set -e\ninstall -o munge -g munge -m 0400 {shared} {config.MUNGE_KEY}\n"
+                           f"for u in {units}; do\n"
                            "  if systemctl -q is-enabled $u; then systemctl start $u; fi\n"
                            "done\n", check=True)
 
@@ -358,10 +392,11 @@ class Lab:
 
     def boot(self, node: str, *, wait: bool = True, timeout: float = 60) -> str:
         """Start a node as at boot. A compute node copies the shared munge key to /etc/munge/munge.key, then
-        starts munged and slurmd; with wait, returns once sinfo shows it idle. A head node starts its
-        enabled units in order (slurmctld once slurmdbd listens); with wait, returns once slurmctld answers."""
+        starts munged and slurmd; with wait, returns once sinfo shows it idle. A login node copies the key from
+        the login nodes' shared dir and starts munged. A head node starts its enabled units in order (slurmctld
+        once slurmdbd listens); with wait, returns once slurmctld answers."""
         n = self.node(node)
-        self._boot_compute(n) if n.role == "compute" else self._boot_head(n)
+        self._boot_head(n) if n.role == "head" else self._boot_compute(n)
         with self._locked():
             self._booted.add(n.name)
             self._save(self._status)
@@ -369,6 +404,9 @@ class Lab:
             return "started"
         if n.role == "compute":
             return self.wait_idle([n.name], timeout)
+        if n.role == "login":
+            return self._poll(f"munged on {n.name}", lambda: "munged answers" if self.exec(
+                n.name, ["sh", "-c", "munge -n | unmunge >/dev/null"]).returncode == 0 else None, timeout)
         return self.wait_slurmctld(n.cluster, timeout)
 
     def reboot(self, node: str, *, wait: bool = True, timeout: float = 60) -> str:
@@ -402,6 +440,10 @@ class Lab:
                 say("cleanup", f"removed a previous lab {self.name!r}: {removed}")
             self._status = "starting"
             try:
+                for release in sorted({c.slurm for c in self.clusters}):
+                    root = roots.ensure(release, progress=lambda line: say("root", line))
+                    if root:
+                        say("root", f"Slurm {release}: {root} ({', '.join(f'{k} {v}' for k, v in roots.describe(root).items() if k in ('slurm', 'munge', 'mariadb'))})")
                 self._prepare_files()
                 self._save("starting")
                 say("files", f"configs, keys and per-node dirs under {self.root}")
@@ -410,7 +452,8 @@ class Lab:
                                f"{len(self.nodes)} nodes on {self.subnet}")
                 for n in self.nodes:
                     self._holders[n.name] = system.start_holder(
-                        self.netns(n.name), f"lab-holder:{self.name}:{n.name}", n.hostname, self._binds(n))
+                        self.netns(n.name), f"lab-holder:{self.name}:{n.name}", n.hostname, self._binds(n),
+                        self._overlay(n))
                 self._save("starting")
                 say("nodes", ", ".join(f"{n.name}={n.ip}" for n in self.nodes))
                 self._start_daemons(say)
@@ -484,13 +527,32 @@ class Lab:
     def _cluster_dir(self, cluster: str) -> Path:
         return self.root / "clusters" / cluster
 
+    def _overlay(self, n: Node) -> tuple[str, str, str, str] | None:
+        """(lower, upper, work, mount point) for a node of a cluster running in a Debian root, else None."""
+        root = self.slurm_root(n.cluster)
+        if root is None:
+            return None
+        d = self._node_dir(n.name) / "rootfs"
+        return str(root), str(d / "upper"), str(d / "work"), str(d / "merged")
+
     def _binds(self, n: Node) -> list[tuple[str, str]]:
         d = self._node_dir(n.name)
         c = self._cluster_dir(n.cluster)
         binds = [(str(d / sub), target) for sub, target, _, _ in NODE_DIRS]
-        binds += [(str(c / "etc"), config.SLURM_ETC), (str(c / "etc"), "/etc/slurm"),
-                  (str(c / "shared"), config.SHARED_DIR), (str(self.root / "hosts"), "/etc/hosts")]
+        binds += [(str(c / "etc"), config.SLURM_ETC), (str(c / "etc"), "/etc/slurm"), (str(self.root / "hosts"), "/etc/hosts")]
+        if n.role != "login":
+            binds.append((str(c / "shared"), config.SHARED_DIR))
+        if n.role != "compute":  # the head node exports it to its login nodes
+            binds.append((str(c / "shared_login_nodes"), config.LOGIN_SHARED_DIR))
         venv = (REPO / ".venv").resolve()
+        if self.slurm_root(n.cluster) is not None:
+            # Inside a Debian root the host's paths are gone: put back the lab root (bin/, logs), the venv
+            # holding the `aws` CLI and the python it runs on (its shared libraries come from the root).
+            python_home = Path(os.path.realpath(venv / "bin" / "python")).parents[1]
+            if python_home == Path("/usr"):
+                raise LabError(f"the venv {venv} runs on the system python ({python_home}); nodes in a Debian root "
+                               "need a self-contained python (pyenv) for the aws CLI: recreate .venv with it")
+            return binds + [(str(self.root), str(self.root)), (str(venv), str(venv)), (str(python_home), str(python_home))]
         if any(venv.is_relative_to(target) for _, target, _, _ in NODE_DIRS):
             # The checkout (and so the venv holding the `aws` CLI) is under a directory each node replaces,
             # e.g. /tmp: keep a handle on it before the node's own /tmp is mounted, then put it back in place.
@@ -506,7 +568,7 @@ class Lab:
         # mount points on the host (empty directories; never removed: another lab may be using them)
         for _, target, _, _ in NODE_DIRS:
             Path(target).mkdir(parents=True, exist_ok=True)
-        for target in (config.SLURM_ETC, "/etc/slurm", config.SHARED_DIR):
+        for target in (config.SLURM_ETC, "/etc/slurm", config.SHARED_DIR, config.LOGIN_SHARED_DIR):
             Path(target).mkdir(parents=True, exist_ok=True)
 
         self._write_bin()
@@ -514,6 +576,7 @@ class Lab:
         for c in self.clusters:
             cdir = self._cluster_dir(c.name)
             head = self.head(c.name)
+            ids = self.slurm_root(c.name)  # users and groups of the cluster's Debian root (None: the host's)
             etc = cdir / "etc"
             _mkdir(etc, "root:root", 0o755)
             computes = [n.name for n in self.computes(c.name)]
@@ -524,22 +587,23 @@ class Lab:
                    "# CustomSlurmSettings of the cluster configuration go here (none in the lab)\n")
             if c.accounting:
                 _write(etc / "slurmdbd.conf", config.slurmdbd_conf(head.hostname, secrets.token_hex(16)),
-                       "slurm:slurm", 0o600)
+                       "slurm:slurm", 0o600, ids)
             # each cluster starts with its own key, as after `pcluster create-cluster`
             key = secrets.token_bytes(1024)
-            _mkdir(cdir / "shared", "root:root", 0o755)
-            _mkdir(cdir / "shared" / ".munge", "munge:munge", 0o700)
-            _write(cdir / "shared" / ".munge" / ".munge.key", key, "munge:munge", 0o400)
-            for n in [head] + self.computes(c.name):
+            for shared in ("shared", "shared_login_nodes"):
+                _mkdir(cdir / shared, "root:root", 0o755)
+                _mkdir(cdir / shared / ".munge", "munge:munge", 0o700, ids)
+                _write(cdir / shared / ".munge" / ".munge.key", key, "munge:munge", 0o400, ids)
+            for n in [head] + self.computes(c.name) + self.logins(c.name):
                 ndir = self._node_dir(n.name)
                 for sub, _, owner, mode in NODE_DIRS:
-                    _mkdir(ndir / sub, owner, mode)
+                    _mkdir(ndir / sub, owner, mode, ids)
                 _mkdir(ndir / "run" / "lab", "root:root", 0o755)
                 _write(ndir / "run" / "lab" / "units.json",
                        json.dumps({"node": n.name, "units": config.units(n.role, c.accounting)}, indent=2))
                 _write(ndir / "run" / "lab" / GATE_FILE, "")
                 if n.role == "head":
-                    _write(ndir / "etc-munge" / "munge.key", key, "munge:munge", 0o400)
+                    _write(ndir / "etc-munge" / "munge.key", key, "munge:munge", 0o400, ids)
 
     def _write_bin(self) -> None:
         python = "/usr/bin/python3" if Path("/usr/bin/python3").exists() else sys.executable
@@ -556,12 +620,13 @@ class Lab:
     def _start_daemons(self, say: Callable[[str, str], None]) -> None:
         heads = [self.head(c.name) for c in self.clusters]
         booted = [n for n in self.nodes if n.role == "compute" and not n.spare]
+        login = [n for n in self.nodes if n.role == "login"]
         acct = [self.head(c.name) for c in self.clusters if c.accounting]
 
         def munge(n: Node) -> None:
-            if n.role == "compute":
-                self.sh(n.name, f"install -o munge -g munge -m 0400 {config.SHARED_KEY} {config.MUNGE_KEY}",
-                        check=True)
+            if n.role != "head":
+                shared = config.LOGIN_SHARED_KEY if n.role == "login" else config.SHARED_KEY
+                self.sh(n.name, f"install -o munge -g munge -m 0400 {shared} {config.MUNGE_KEY}", check=True)
             self.systemctl(n.name, "start", "munge")
 
         def mariadb(n: Node) -> None:
@@ -578,8 +643,8 @@ class Lab:
         # munged on every booted node, MariaDB initialised meanwhile (both only need their own node)
         with ThreadPoolExecutor(max_workers=8) as pool:
             db_jobs = [pool.submit(mariadb, n) for n in acct]
-            list(pool.map(munge, heads + booted))
-            say("munge", f"munged running on {len(heads) + len(booted)} nodes, "
+            list(pool.map(munge, heads + booted + login))
+            say("munge", f"munged running on {len(heads) + len(booted) + len(login)} nodes, "
                          f"{len(self.clusters)} different keys")
             for j in db_jobs:
                 j.result()
@@ -602,7 +667,7 @@ class Lab:
         say("slurmctld", "; ".join(seen))
         with ThreadPoolExecutor(max_workers=8) as pool:
             list(pool.map(lambda n: self.systemctl(n.name, "start", "slurmd"), booted))
-        self._booted = {n.name for n in heads + booted}
+        self._booted = {n.name for n in heads + booted + login}
         self._save("starting")
         if booted:
             say("slurmd", self.wait_idle([n.name for n in booted], timeout=90))

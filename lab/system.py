@@ -17,18 +17,37 @@ NETNS_DIR = Path("/run/netns")
 # holder whose namespaces every command and daemon of the node enters.
 HOLDER_SCRIPT = r"""
 set -eu
-tag=$1 host=$2
-shift 2
+tag=$1 host=$2 rootfs=$3
+shift 3
 hostname "$host"
-# Our private copy of the host's mount table holds /run/netns/* bind mounts of every named netns
-# (other labs' too); they would keep those namespaces alive after `ip netns del`. Drop them here.
-umount -l /run/netns 2>/dev/null || true
+prefix=
+if [ -n "$rootfs" ]; then
+  # A node of another Slurm release: an overlay of the cached Debian root (writes stay in the node's own
+  # upper dir), the host's /proc, /sys (cgroups) and /dev, then the binds below, then pivot_root into it.
+  lower=$1 upper=$2 work=$3
+  shift 3
+  mkdir -p "$upper" "$work" "$rootfs"
+  mount -t overlay overlay -o "lowerdir=$lower,upperdir=$upper,workdir=$work" "$rootfs"
+  for d in proc sys dev; do mount --rbind "/$d" "$rootfs/$d"; done
+  prefix=$rootfs
+else
+  # Our private copy of the host's mount table holds /run/netns/* bind mounts of every named netns
+  # (other labs' too); they would keep those namespaces alive after `ip netns del`. Drop them here.
+  umount -l /run/netns 2>/dev/null || true
+fi
 while [ "$#" -gt 0 ]; do
-  # a directory target may not exist yet inside a node's own dir (the venv put back under its /tmp)
-  [ -e "$2" ] || [ ! -d "$1" ] || mkdir -p "$2"
-  mount --bind "$1" "$2"
+  # a target may not exist yet inside a node's own dir or root (the venv put back under its /tmp)
+  if [ -d "$1" ]; then mkdir -p "$prefix$2"; elif [ ! -e "$prefix$2" ]; then mkdir -p "$(dirname "$prefix$2")"; : >"$prefix$2"; fi
+  mount --bind "$1" "$prefix$2"
   shift 2
 done
+if [ -n "$rootfs" ]; then
+  cd "$rootfs"
+  mkdir -p .lab-oldroot
+  pivot_root . .lab-oldroot
+  cd /
+  umount -l /.lab-oldroot  # also drops the host's /run/netns mounts
+fi
 echo "ready $$"
 exec -a "$tag" sleep infinity </dev/null >/dev/null 2>&1
 """
@@ -84,11 +103,18 @@ def delete_netns(name: str) -> None:
         run(["ip", "netns", "del", name], check=False)
 
 
-def start_holder(ns: str, tag: str, hostname: str, binds: list[tuple[str, str]]) -> tuple[int, str]:
-    """Start a node's holder process; returns (pid, start time) once its mounts are in place."""
+def start_holder(ns: str, tag: str, hostname: str, binds: list[tuple[str, str]],
+                 overlay: tuple[str, str, str, str] | None = None) -> tuple[int, str]:
+    """Start a node's holder process; returns (pid, start time) once its mounts are in place. With overlay
+    (lower root, upper dir, work dir, mount point) the node lives inside that root (another Slurm release)."""
     argv = ["setsid", "-f", "nsenter", f"--net={NETNS_DIR / ns}", "--",
             "unshare", "--uts", "--mount", "--propagation", "private", "--",
             "bash", "-c", HOLDER_SCRIPT, "lab-holder", tag, hostname]
+    if overlay:
+        lower, upper, work, mountpoint = overlay
+        argv += [mountpoint, lower, upper, work]
+    else:
+        argv += [""]
     for src, dst in binds:
         argv += [src, dst]
     # returns at EOF: when the holder has exec'd sleep with its output closed, or died

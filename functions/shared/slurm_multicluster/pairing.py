@@ -6,7 +6,7 @@ from typing import Any, Callable
 
 from aws_lambda_powertools import Logger
 
-from slurm_multicluster import discovery, ingress, munge_secret, node_commands
+from slurm_multicluster import discovery, ingress, munge_secret, node_commands, slurm_versions
 from slurm_multicluster import validation as v
 from slurm_multicluster.errors import PrerequisiteFailed, VerificationFailed
 from slurm_multicluster.models import AddedRule, IngressRule, Member, PairingRequest, SlurmSettings, StateModel
@@ -103,11 +103,6 @@ def _split(request: PairingRequest, members: list[Member]) -> tuple[Member, Memb
     return new, accounting[0], peers
 
 
-def _version(text: str | None) -> tuple[int, ...]:
-    parts = (text or "0").split(".")
-    return tuple(int(p) for p in parts if p.isdigit())
-
-
 def check_prerequisites(request: PairingRequest, members: list[Member]) -> list[str]:
     """Every check that must pass before anything changes; raises PrerequisiteFailed with all problems."""
     new, accounting, peers = _split(request, members)
@@ -119,15 +114,15 @@ def check_prerequisites(request: PairingRequest, members: list[Member]) -> list[
             f"accounting cluster {accounting.cluster_name} runs no active slurmdbd: create it with "
             "Scheduling/SlurmSettings/Database so its head node runs slurmdbd"
         )
-    dbd_version = _version(accounting.slurm.slurmdbd_version or accounting.slurm.slurm_version)
+    dbd_version = accounting.slurm.slurmdbd_version or accounting.slurm.slurm_version
     for member in members:
         assert member.slurm
-        if _version(member.slurm.slurm_version) > dbd_version:
-            problems.append(
-                f"{member.cluster_name} runs Slurm {member.slurm.slurm_version}, newer than the federation's slurmdbd "
-                f"{accounting.slurm.slurmdbd_version}: slurmdbd must be at least as new as every slurmctld"
-            )
-    passed.append("slurmdbd is at least as new as every slurmctld")
+        why = slurm_versions.incompatibility(member.slurm.slurm_version, dbd_version)
+        if why:
+            problems.append(f"{member.cluster_name} cannot use the federation's slurmdbd on "
+                            f"{accounting.cluster_name}: {why}")
+    passed.append(f"slurmdbd {dbd_version} accepts every member's slurmctld (same or up to "
+                  f"{slurm_versions.older_releases_accepted(dbd_version)} older major releases)")
     for peer in peers:
         assert peer.slurm
         if peer.slurm.cluster_name == new.slurm.cluster_name:

@@ -532,12 +532,14 @@ stop_unit() {
 }
 
 start_unit() {
+    [[ $1 != slurmctld ]] || note_slurmctld_log
     timeout "$STOP_GRACE_SECONDS" systemctl start "$1" >&2
 }
 
 # restart_unit UNIT: restart; a unit that ignores SIGTERM is killed after STOP_GRACE_SECONDS, then started.
 restart_unit() {
     local rc=0
+    [[ $1 != slurmctld ]] || note_slurmctld_log
     timeout "$STOP_GRACE_SECONDS" systemctl restart "$1" >&2 || rc=$?
     if ((rc == 124)); then
         echo "warning: $1 did not restart within ${STOP_GRACE_SECONDS}s; killing it" >&2
@@ -555,17 +557,89 @@ slurmctld_up() {
     [[ $out == *"is UP"* ]] && [[ $(printf '%s\n' "$out" | head -n1) == *"is UP"* ]]
 }
 
-# wait_slurmctld_up DEADLINE: poll `scontrol ping` until UP; fails at DEADLINE.
+# wait_slurmctld_up DEADLINE: poll `scontrol ping` until UP; fails at DEADLINE. On failure SLURMCTLD_FAILURE
+# says what happened (slurmctld_not_up_reason).
+SLURMCTLD_FAILURE=""
 wait_slurmctld_up() {
+    local start fatal
+    start=$(now)
+    SLURMCTLD_FAILURE=""
     while ! slurmctld_up; do
-        # A slurmctld that exited will not answer later: say so now rather than at the deadline.
+        # A slurmctld that exited will not answer later: say so now, with its reason, rather than at the deadline.
         if ! unit_active slurmctld; then
-            echo "error: slurmctld is not running after its restart (see its log)" >&2
+            fatal=$(slurmctld_fatal_since_start)
+            SLURMCTLD_FAILURE="slurmctld exited $(($(now) - start))s after its start: ${fatal:-no fatal line in its log${SLURMCTLD_LOG:+ $SLURMCTLD_LOG}}"
+            echo "error: $SLURMCTLD_FAILURE" >&2
             return 1
         fi
-        (($(now) < $1)) || return 1
+        if (($(now) >= $1)); then
+            SLURMCTLD_FAILURE="slurmctld runs but did not answer scontrol ping with UP within $(($(now) - start))s"
+            return 1
+        fi
         sleep "$POLL_INTERVAL"
     done
+}
+
+# slurmctld_not_up_reason: what the last failed wait_slurmctld_up saw.
+slurmctld_not_up_reason() {
+    printf '%s' "${SLURMCTLD_FAILURE:-slurmctld did not answer scontrol ping with UP}"
+}
+
+# slurmctld_setting KEY DEFAULT: KEY as the running slurmctld reports it (`scontrol show config`), else the
+# last value in the slurm.conf include tree, else DEFAULT.
+slurmctld_setting() {
+    local value="" live
+    if live=$(timeout 10 scontrol show config 2>/dev/null); then
+        value=$(scontrol_config_value "$1" "$live")
+    fi
+    if [[ -z $value ]]; then
+        local files
+        mapfile -t files < <(slurm_conf_tree)
+        ((${#files[@]} == 0)) || value=$(conf_last_value "$1" "${files[@]}")
+    fi
+    printf '%s' "${value:-$2}"
+}
+
+# note_slurmctld_log: remember slurmctld's log file and its size before a (re)start, so that a failure can
+# be explained by what this start wrote (never by an old fatal line).
+SLURMCTLD_LOG=""
+SLURMCTLD_LOG_OFFSET=0
+note_slurmctld_log() {
+    SLURMCTLD_LOG=$(slurmctld_setting SlurmctldLogFile "")
+    if [[ -n $SLURMCTLD_LOG && ( ! $SLURMCTLD_LOG =~ $RE_ABS_PATH || $SLURMCTLD_LOG == *..* ) ]]; then
+        SLURMCTLD_LOG=""
+    fi
+    SLURMCTLD_LOG_OFFSET=0
+    if [[ -n $SLURMCTLD_LOG && -f $SLURMCTLD_LOG ]]; then
+        SLURMCTLD_LOG_OFFSET=$(stat -c %s -- "$SLURMCTLD_LOG" 2>/dev/null || echo 0)
+    fi
+}
+
+# slurmctld_fatal_since_start: the last `fatal:` line slurmctld logged since note_slurmctld_log (printable
+# characters only, at most 300), or nothing.
+slurmctld_fatal_since_start() {
+    [[ -n $SLURMCTLD_LOG && -f $SLURMCTLD_LOG ]] || return 0
+    tail -c +$((SLURMCTLD_LOG_OFFSET + 1)) -- "$SLURMCTLD_LOG" 2>/dev/null | grep -a 'fatal:' | tail -n1 |
+        sed -e 's/^\[[^]]*\] *//' | tr -cd '[:print:]' | cut -c1-300 || true
+}
+
+# ---------------------------------------------------------------- slurmctld's cluster id (Slurm >= 24.11)
+
+# cluster_id_file: <StateSaveLocation>/clustername, where slurmctld keeps its ClusterName and, from Slurm
+# 24.11 on, the cluster id its slurmdbd gave it ("name|id"). Fails for an unusual StateSaveLocation.
+cluster_id_file() {
+    local dir
+    dir=$(slurmctld_setting StateSaveLocation /var/spool/slurmctld)
+    if [[ ! $dir =~ $RE_ABS_PATH || $dir == *..* ]]; then
+        echo "error: unusual StateSaveLocation '$(sanitize "$dir")'" >&2
+        return 1
+    fi
+    printf '%s/clustername' "${dir%/}"
+}
+
+# cluster_id_recorded FILE: FILE holds a cluster id next to the name (the 24.11+ format "name|id").
+cluster_id_recorded() {
+    [[ -f $1 && ! -L $1 ]] && grep -q '|' -- "$1"
 }
 
 # munge_roundtrip: a credential encoded by the local munged decodes there.
@@ -600,7 +674,7 @@ restart_slurm_unit() {
     restart_unit "$1" || return 1
     if [[ $1 == slurmctld ]]; then
         wait_slurmctld_up "$2" || {
-            echo "error: slurmctld does not answer scontrol ping with UP after its restart" >&2
+            echo "error: after its restart: $(slurmctld_not_up_reason)" >&2
             return 1
         }
     else

@@ -96,6 +96,8 @@ for path in ${RESTORED_PATHS[@]+"${RESTORED_PATHS[@]}"}; do
     CHANGED=true
     [[ $path != "$MUNGE_KEY_FILE" ]] || key_changed=true
     [[ $path != "$SLURM_ETC"/* ]] || config_changed=true
+    # slurmctld's cluster id file (set-accounting.sh): slurmctld must restart to take the old id again
+    [[ $path != */clustername ]] || config_changed=true
     echo "restored $path" >&2
 done
 

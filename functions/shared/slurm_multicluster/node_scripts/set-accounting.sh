@@ -19,9 +19,15 @@
 # one of the three keys. Backs the file up first, writes it atomically, restarts slurmctld and waits for
 # `scontrol ping` to say UP and `scontrol show config` to show the new values; if that does not happen
 # before the deadline, puts the file back, restarts slurmctld again and fails.
+# Slurm 24.11 and later keep "name|ClusterID" in <StateSaveLocation>/clustername and slurmctld refuses to start
+# ("fatal: CLUSTER ID MISMATCH") when the slurmdbd it registers with knows the cluster under another id, which
+# a different slurmdbd always does. So when the slurmdbd host or port changes and that file holds an id, it is
+# backed up and removed with slurmctld stopped (the override Slurm's own message names): slurmctld then takes
+# the id of the slurmdbd it now registers with. A rollback (and restore-backup.sh) puts the file back together
+# with the old accounting settings, so the cluster returns to its old slurmdbd under its old id.
 # Nothing to change (file and live values already right) -> "changed": false and no restart.
-# Last stdout line, one JSON object: ok, changed, file, restarted (list), stoppedSlurmdbd, startedSlurmdbd
-# [, rolledBack, error].
+# Last stdout line, one JSON object: ok, changed, file, restarted (list), stoppedSlurmdbd, startedSlurmdbd,
+# clusterIdReset [, rolledBack, error].
 # Exit status: 0 done, 1 failed (rolled back), 2 invalid input (nothing changed).
 # Environment: SLURM_ETC (/opt/slurm/etc), BACKUP_ROOT (/var/lib/slurm-multicluster/backups).
 set -euo pipefail
@@ -66,6 +72,8 @@ stopped_slurmdbd=false
 started_slurmdbd=false
 enabled_slurmdbd=false
 slurmctld_restarted=false
+cluster_id_reset=false
+id_file=""
 
 # is_this_node HOST: HOST names or addresses this node (stopping our slurmdbd would then cut accounting).
 is_this_node() {
@@ -100,8 +108,9 @@ rollback() {
     local status=0
     echo "rolling back the accounting change" >&2
     RESTORED_PATHS=()
-    if manifest_has "$accounting_file" || manifest_has "absent:$accounting_file"; then
-        restore_paths "$accounting_file" || status=1
+    if manifest_has "$accounting_file" || manifest_has "absent:$accounting_file" ||
+        { [[ -n $id_file ]] && manifest_has "$id_file"; }; then
+        restore_paths "$accounting_file" ${id_file:+"$id_file"} || status=1
     fi
     if [[ $stopped_slurmdbd == true ]]; then
         if manifest_has disabled:slurmdbd; then
@@ -116,7 +125,10 @@ rollback() {
         systemctl disable slurmdbd >&2 || status=1
     fi
     if [[ $slurmctld_restarted == true || ${#RESTORED_PATHS[@]} -gt 0 ]]; then
-        restart_slurm_unit slurmctld $(($(now) + deadline_seconds)) || status=1
+        restart_slurm_unit slurmctld $(($(now) + deadline_seconds)) || {
+            echo "error: after the rollback: $(slurmctld_not_up_reason)" >&2
+            status=1
+        }
     fi
     result_bool rolledBack true
     return "$status"
@@ -189,6 +201,29 @@ if [[ $file_changes == false ]] && unit_active slurmctld && ! live_accounting_ma
     restart_needed=true
 fi
 
+# current_endpoint: "type|host|port" slurmctld registers with now (live values, else the files').
+current_endpoint() {
+    local live type="" chost="" cport=""
+    if unit_active slurmctld && live=$(timeout 20 scontrol show config 2>/dev/null); then
+        type=$(scontrol_config_value AccountingStorageType "$live")
+        chost=$(scontrol_config_value AccountingStorageHost "$live")
+        cport=$(scontrol_config_value AccountingStoragePort "$live")
+    else
+        type=$(conf_last_value AccountingStorageType "${conf_files[@]}")
+        chost=$(conf_last_value AccountingStorageHost "${conf_files[@]}")
+        cport=$(conf_last_value AccountingStoragePort "${conf_files[@]}")
+    fi
+    printf '%s|%s|%s' "$type" "${chost,,}" "${cport:-6819}"
+}
+
+reset_cluster_id_now=false
+if [[ $restart_needed == true && $(current_endpoint) != "accounting_storage/slurmdbd|${host,,}|$port" ]]; then
+    id_file=$(cluster_id_file) || die "cannot tell where slurmctld keeps its cluster id"
+    if cluster_id_recorded "$id_file"; then
+        reset_cluster_id_now=true
+    fi
+fi
+
 stop_slurmdbd_now=false
 if [[ $stop_local_slurmdbd == true ]] && unit_exists slurmdbd && unit_active slurmdbd; then
     stop_slurmdbd_now=true
@@ -205,6 +240,7 @@ if [[ $file_changes == false && $restart_needed == false && $stop_slurmdbd_now =
     result_list restarted
     result_bool stoppedSlurmdbd false
     result_bool startedSlurmdbd false
+    result_bool clusterIdReset false
     finish
 fi
 
@@ -244,8 +280,17 @@ if [[ $restart_needed == true ]]; then
     deadline=$(($(now) + deadline_seconds))
     restarted+=(slurmctld)
     slurmctld_restarted=true
-    restart_unit slurmctld || die "systemctl restart slurmctld failed"
-    wait_slurmctld_up "$deadline" || die "slurmctld did not answer scontrol ping with UP within ${deadline_seconds}s"
+    if [[ $reset_cluster_id_now == true ]]; then
+        stop_unit slurmctld || die "systemctl stop slurmctld failed"
+        backup_file "$id_file"
+        rm -f -- "$id_file"
+        cluster_id_reset=true
+        echo "removed $id_file (backed up): slurmctld takes its cluster id from the slurmdbd at $host:$port" >&2
+        start_unit slurmctld || die "systemctl start slurmctld failed"
+    else
+        restart_unit slurmctld || die "systemctl restart slurmctld failed"
+    fi
+    wait_slurmctld_up "$deadline" || die "$(slurmctld_not_up_reason)"
     wait_live_accounting "$deadline" ||
         die "slurmctld is up but scontrol show config does not show AccountingStorageHost=$host AccountingStoragePort=$port"
 fi
@@ -268,4 +313,5 @@ result_str file "$accounting_file"
 result_list restarted ${restarted[@]+"${restarted[@]}"}
 result_bool stoppedSlurmdbd "$stopped_slurmdbd"
 result_bool startedSlurmdbd "$started_slurmdbd"
+result_bool clusterIdReset "$cluster_id_reset"
 finish
