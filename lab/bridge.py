@@ -173,11 +173,13 @@ def lab_cloud(
                 networks[cluster_region] = create_network(cluster_region, lab.subnet)
             head = lab.head(spec.name)
             computes = [n for n in lab.computes(spec.name) if lab.is_booted(n.name)]
+            logins = lab.logins(spec.name)
             mirror = create_cluster(networks[cluster_region], spec.name, head.ip, [n.ip for n in computes],
-                                    tags.get(spec.name))
+                                    tags.get(spec.name), login_ips=[n.ip for n in logins])
             clusters[spec.name] = mirror
             node_of_instance[mirror.head_instance_id] = head.name
             node_of_instance.update(zip(mirror.compute_instance_ids, (n.name for n in computes)))
+            node_of_instance.update(zip(mirror.login_instance_ids, (n.name for n in logins)))
 
         def execute(instance_id: str, command_region: str, text: str, timeout: int) -> tuple[int, str, str]:
             done = lab.sh(node_of_instance[instance_id], text, env=node_environment(lab, port, command_region),

@@ -1,14 +1,16 @@
 """`make demo`: two real Slurm clusters on this machine, paired by the real workflow, then used together.
 
 Steps (each printed with its elapsed time):
- 1. bring up alpha (accounting: slurmdbd + MariaDB) and beta, each with a compute node and its OWN munge key;
- 2. show they are separate: beta cannot submit to alpha, alpha's munge credentials do not decode on beta;
+ 1. bring up alpha (accounting: slurmdbd + MariaDB) and beta, each with a head node, a compute node and a login
+    node, and its OWN munge key, on Slurm 24.11 (ParallelCluster 3.14's; --slurm for 22.05 or 26.05);
+ 2. show they are separate: beta's users cannot submit to alpha, alpha's munge credentials do not decode on beta;
  3. deploy template.yaml into moto, mirror both clusters as ParallelCluster stacks (alpha tagged as the
     federation's accounting cluster, beta as a member);
  4. deliver beta's CloudFormation CREATE_COMPLETE event: the EventBridge rule starts the real state machine,
     whose real Lambdas run the real node scripts on the lab nodes through SSM; every state is printed;
  5. show `sacctmgr show clusters` listing both, a job submitted on alpha with `sbatch --clusters=beta` running
-    and completing on beta's compute node, and beta still running its own jobs.
+    and completing on beta's compute node, and beta still running its own jobs, all submitted from the clusters'
+    login nodes, where users work.
 Exits non-zero if any of that fails. The lab is taken down at the end unless --keep.
 """
 
@@ -22,6 +24,7 @@ import sys
 import time
 from pathlib import Path
 
+from lab import roots
 from lab.bridge import lab_cloud
 from lab.core import ClusterSpec, Lab, LabError
 
@@ -69,14 +72,18 @@ def print_state(event: dict) -> None:
         say("  execution failed", f"{details.get('error')}: {details.get('cause', '')[:500]}")
 
 
-def demo(keep: bool) -> int:
-    lab = Lab("demo", "10.251.0.0/24", [ClusterSpec("alpha", accounting=True), ClusterSpec("beta")])
-    say("1. lab up", "alpha (accounting) and beta, each a head node + a compute node, different munge keys")
+def demo(keep: bool, slurm: str) -> int:
+    lab = Lab("demo", "10.251.0.0/24", [ClusterSpec("alpha", accounting=True, slurm=slurm, logins=1),
+                                        ClusterSpec("beta", slurm=slurm, logins=1)])
+    say("1. lab up", f"alpha (accounting) and beta on Slurm {slurm}, each a head, a compute and a login node, "
+                     "different munge keys")
     lab.up(progress=lambda line: print(f"         {line}", flush=True))
     try:
         say("2. before pairing")
-        code, out = run(lab, "beta-head", "sbatch --clusters=alpha --wrap true")
-        say("   beta$ sbatch --clusters=alpha", f"exit {code}: {out.splitlines()[-1] if out else ''}")
+        _, version = run(lab, "beta-login-1", "sbatch --version")
+        say("   beta-login-1$ sbatch --version", version)
+        code, out = run(lab, "beta-login-1", "sbatch --clusters=alpha --wrap true")
+        say("   beta-login-1$ sbatch --clusters=alpha", f"exit {code}: {out.splitlines()[-1] if out else ''}")
         credential = lab.exec("alpha-head", ["munge", "-n"]).stdout
         decoded = lab.exec("beta-head", ["unmunge"], input=credential)
         say("   alpha munge -n | beta unmunge", f"exit {decoded.returncode}: {decoded.stderr.strip() or decoded.stdout.splitlines()[0]}")
@@ -104,16 +111,16 @@ def demo(keep: bool) -> int:
         for line in out.splitlines():
             cluster, host, port = (line.split("|") + ["", "", ""])[:3]
             say(f"     {cluster:<10} ControlHost={host or '(none)'} ControlPort={port}")
-        job = submit(lab, "alpha-head", "beta")
-        say("   alpha$ sbatch --clusters=beta", f"job {job}")
-        fields = wait_for_job(lab, "alpha-head", "beta", job)
+        job = submit(lab, "alpha-login-1", "beta")
+        say("   alpha-login-1$ sbatch --clusters=beta", f"job {job}")
+        fields = wait_for_job(lab, "alpha-login-1", "beta", job)
         say("   job on beta", f"{fields.get('JobState')} on {fields.get('NodeList')}")
-        own = submit(lab, "beta-head", "beta")
-        own_fields = wait_for_job(lab, "beta-head", "beta", own)
+        own = submit(lab, "beta-login-1", "beta")
+        own_fields = wait_for_job(lab, "beta-login-1", "beta", own)
         say("   beta's own job", f"{own_fields.get('JobState')} on {own_fields.get('NodeList')}")
-        back = submit(lab, "beta-head", "alpha")
-        back_fields = wait_for_job(lab, "beta-head", "alpha", back)
-        say("   beta$ sbatch --clusters=alpha", f"{back_fields.get('JobState')} on {back_fields.get('NodeList')}")
+        back = submit(lab, "beta-login-1", "alpha")
+        back_fields = wait_for_job(lab, "beta-login-1", "alpha", back)
+        say("   beta-login-1$ sbatch --clusters=alpha", f"{back_fields.get('JobState')} on {back_fields.get('NodeList')}")
         ok = all(f.get("JobState") == "COMPLETED" for f in (fields, own_fields, back_fields))
         say("result", "PAIRED: jobs run across clusters" if ok else "FAILED")
         return 0 if ok else 1
@@ -128,9 +135,11 @@ def demo(keep: bool) -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--keep", action="store_true", help="leave the lab running afterwards")
+    parser.add_argument("--slurm", default=roots.DEFAULT_RELEASE, choices=list(roots.RELEASES),
+                        help=f"Slurm release of both clusters (default {roots.DEFAULT_RELEASE}, ParallelCluster 3.14's)")
     args = parser.parse_args()
     try:
-        code = demo(args.keep)
+        code = demo(args.keep, args.slurm)
     except LabError as error:
         say("FAILED", str(error))
         code = 1

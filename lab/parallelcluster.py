@@ -2,7 +2,10 @@
 
 Mirrors what `pcluster create-cluster` leaves in an account (notes/parallelcluster.md): a top-level stack named
 after the cluster with `parallelcluster:*` tags plus the user's tags, a `HeadNodeSecurityGroup` resource, a head
-node instance and compute nodes tagged `parallelcluster:cluster-name` / `parallelcluster:node-type`.
+node instance and compute nodes tagged `parallelcluster:cluster-name` / `parallelcluster:node-type`, and with login
+nodes (3.7+) a `LoginNodesSecurityGroup` (the logical id in ParallelCluster's cluster_stack.py
+`_add_login_nodes_security_group`, one group for every pool without its own SecurityGroups) holding instances tagged
+`parallelcluster:node-type=LoginNode` and `parallelcluster:login-nodes-pool-name`.
 """
 
 from __future__ import annotations
@@ -38,10 +41,12 @@ class ClusterInAws:
     head_instance_id: str
     head_role_arn: str
     compute_instance_ids: list[str] = field(default_factory=list)
+    login_instance_ids: list[str] = field(default_factory=list)
+    login_security_group_id: str | None = None
 
     @property
     def instance_ids(self) -> list[str]:
-        return [self.head_instance_id, *self.compute_instance_ids]
+        return [self.head_instance_id, *self.compute_instance_ids, *self.login_instance_ids]
 
 
 def create_network(region: str, cidr: str) -> Network:
@@ -78,6 +83,8 @@ def create_cluster(
     head_ip: str,
     compute_ips: list[str],
     tags: dict[str, str] | None = None,
+    login_ips: list[str] | None = None,
+    login_pool: str = "login",
 ) -> ClusterInAws:
     """Create a ParallelCluster-shaped stack and its instances; ``tags`` are the user's cluster tags."""
     region = network.region
@@ -90,6 +97,11 @@ def create_cluster(
             }
         }
     }
+    if login_ips:
+        template["Resources"]["LoginNodesSecurityGroup"] = {
+            "Type": "AWS::EC2::SecurityGroup",
+            "Properties": {"GroupDescription": "Enable access to the login nodes", "VpcId": network.vpc_id},
+        }
     stack_tags = {"parallelcluster:version": PCLUSTER_VERSION, "parallelcluster:cluster-name": name, **(tags or {})}
     stack_id = cloudformation.create_stack(
         StackName=name, TemplateBody=json.dumps(template),
@@ -104,4 +116,14 @@ def create_cluster(
         _run(region, network, ip, group, {**node_tags, "parallelcluster:node-type": "Compute", "Name": "Compute"})
         for ip in compute_ips
     ]
-    return ClusterInAws(name, region, stack_id, group, head, role_arn, computes)
+    login_group = logins = None
+    if login_ips:
+        login_group = cloudformation.describe_stack_resource(StackName=name, LogicalResourceId="LoginNodesSecurityGroup")[
+            "StackResourceDetail"]["PhysicalResourceId"]
+        logins = [
+            _run(region, network, ip, login_group, {**node_tags, "parallelcluster:node-type": "LoginNode",
+                                                    "parallelcluster:login-nodes-pool-name": login_pool,
+                                                    "Name": "LoginNode"})
+            for ip in login_ips
+        ]
+    return ClusterInAws(name, region, stack_id, group, head, role_arn, computes, logins or [], login_group)

@@ -31,7 +31,7 @@ def test_a_healthy_federation_passes_every_check():
     ([_member("alpha", True, dbd_version="23.11.10"), _member("gamma", True, dbd_version="23.11.10"), _member("beta")],
      "found: alpha, gamma"),
     ([_member("alpha", True, version="23.02.7", dbd_version="23.02.7"), _member("beta", version="23.11.10")],
-     "slurmdbd must be at least as new"),
+     "slurmdbd must be the same or a newer release than every slurmctld"),
     ([_member("alpha", True, dbd_version="23.11.10"), _member("beta", slurm_name="alpha")],
      "ClusterName alpha is already used"),
     ([_member("alpha", True, dbd_version="23.11.10", dbd_active=False), _member("beta")],
@@ -65,3 +65,31 @@ def test_verification_skips_members_not_yet_paired():
     members = [alpha, _member("beta"), _member("gamma"), _member("delta"), _member("epsilon")]
     # epsilon was created at the same moment and waits for its own pairing; delta's slurmctld is gone.
     assert verification_peers(members[1], alpha, members) == ["alpha", "gamma"]
+
+
+@pytest.mark.parametrize("dbd, member", [
+    ("24.11.5", "24.11.5"), ("26.05.5", "24.11.5"), ("24.11.5", "23.02.7"), ("25.11.1", "24.05.8"),
+    ("23.11.10", "22.05.8"), ("24.11.6", "24.11.5"),
+])
+def test_members_inside_schedmds_release_window_pass(dbd, member):
+    passed = check_prerequisites(REQUEST, [_member("alpha", True, version=dbd, dbd_version=dbd),
+                                           _member("beta", version=member)])
+    assert any(f"slurmdbd {dbd} accepts every member" in line for line in passed)
+
+
+@pytest.mark.parametrize("dbd, member, says", [
+    # 24.11 accepts three older major releases: 24.05, 23.11, 23.02 (not 22.05)
+    ("24.11.5", "22.05.8", r"beta cannot use the federation's slurmdbd on alpha: slurmctld 22.05.8 is 4 major "
+                           r"releases older than slurmdbd 24.11.5; slurmdbd 24.11 accepts at most 3 older major "
+                           r"releases \(oldest: 23.02\)"),
+    # before 24.11: two
+    ("23.11.10", "21.08.8", r"slurmdbd 23.11 accepts at most 2 older major releases \(oldest: 22.05\)"),
+    ("24.11.5", "26.05.5", r"slurmctld 26.05.5 is newer than slurmdbd 24.11.5"),
+    ("24.11.5", "24.11.6", r"slurmctld 24.11.6 is newer than slurmdbd 24.11.5"),
+    ("24.11.5", "19.05.1", r"Slurm 19.05 is not a major release this tool knows"),
+    ("24.11.5", "garbage", r"'garbage' is not a Slurm version"),
+])
+def test_members_outside_the_release_window_are_refused_naming_rule_and_versions(dbd, member, says):
+    with pytest.raises(PrerequisiteFailed, match=says):
+        check_prerequisites(REQUEST, [_member("alpha", True, version=dbd, dbd_version=dbd),
+                                      _member("beta", version=member)])
