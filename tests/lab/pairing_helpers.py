@@ -107,3 +107,11 @@ def jobs_in_every_direction(lab: Lab, clusters: list[str]) -> dict[str, dict[str
     submitted = {(src, dst): submit(lab, f"{src}-head", f"--clusters={dst}", "--wrap", "hostname")
                  for src in clusters for dst in clusters if src != dst}
     return {f"{src}->{dst}": wait_job_completed_on(lab, f"{src}-head", dst, job) for (src, dst), job in submitted.items()}
+
+
+def opt_in(cloud: LabCloud, cluster: str) -> None:
+    """The admin adds the federation tag to an existing cluster (its stack update keeps every resource)."""
+    cloudformation = boto3.client("cloudformation", region_name=cloud.region)
+    tags = cloudformation.describe_stacks(StackName=cluster)["Stacks"][0]["Tags"]
+    cloudformation.update_stack(StackName=cluster, UsePreviousTemplate=True,
+                                Tags=[*tags, *({"Key": k, "Value": v} for k, v in BETA_TAGS.items())])

@@ -27,6 +27,7 @@ from lab import cloud as aws_harness
 from lab.bridge import LabCloud, lab_cloud
 from lab_helpers import sha256, submit, wait_until
 from pairing_helpers import (
+    opt_in,
     ALPHA_TAGS, BETA_TAGS, FEDERATION, KEY, SHARED_KEY, assert_absent, events_queue, fresh_lab,
     jobs_in_every_direction, key_bytes, published, sacctmgr_clusters, wait_job_completed_on,
 )
@@ -113,14 +114,6 @@ def release(lab: Lab, node: str, tag: str) -> None:
 
 
 # ---------------------------------------------------------------- the federation, paired by the pairing workflow
-
-
-def opt_in(cloud: LabCloud, cluster: str) -> None:
-    """The admin adds the federation tag to an existing cluster (its stack update keeps every resource)."""
-    cloudformation = boto3.client("cloudformation", region_name=cloud.region)
-    tags = cloudformation.describe_stacks(StackName=cluster)["Stacks"][0]["Tags"]
-    cloudformation.update_stack(StackName=cluster, UsePreviousTemplate=True,
-                                Tags=[*tags, *({"Key": k, "Value": v} for k, v in BETA_TAGS.items())])
 
 
 @pytest.fixture(scope="module")
