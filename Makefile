@@ -9,7 +9,7 @@ PYTHON ?= $(firstword $(wildcard /root/.pyenv/versions/3.12*/bin/python3.12) $(s
 DEBIAN_PACKAGES := slurmctld slurmd slurm-client slurmdbd munge mariadb-server mariadb-client iproute2 util-linux procps shellcheck debootstrap
 export SAM_CLI_TELEMETRY := 0
 
-.PHONY: help setup system-packages test unit lint demo bench bench-rotation lab-up lab-down clean
+.PHONY: help setup system-packages test unit lint demo bench bench-rotation lab-up lab-down lab-roots clean
 
 help:
 	@echo "make demo   pair two local Slurm clusters through the real workflow (root, Linux)"
@@ -35,7 +35,11 @@ node_modules/.installed: package.json package-lock.json
 	npm ci --silent --no-audit --no-fund
 	touch $@
 
-test: setup lint
+# Debian roots for the lab's Slurm 24.11 and 26.05 (built once per machine, cached under /var/cache)
+lab-roots: setup
+	$(PY) -m lab roots
+
+test: setup lint lab-roots
 	$(PY) -m pytest
 
 unit: setup
@@ -47,7 +51,8 @@ lint: setup
 	shellcheck -x functions/shared/slurm_multicluster/node_scripts/*.sh
 
 demo: setup
-	$(PY) -m lab.demo $(DEMO_ARGS)
+	$(PY) -m lab roots $(if $(SLURM),$(SLURM),24.11)
+	$(PY) -m lab.demo $(if $(SLURM),--slurm $(SLURM)) $(DEMO_ARGS)
 
 bench: setup
 	$(PY) bench/pairing.py

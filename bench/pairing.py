@@ -49,12 +49,13 @@ if str(REPO) not in sys.path:
 
 import boto3  # noqa: E402
 
-from lab import ClusterSpec, Lab, LabError  # noqa: E402
+from lab import ClusterSpec, Lab, LabError, roots  # noqa: E402
 from lab import cloud as harness  # noqa: E402
 from lab.bridge import lab_cloud  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from daemon_watch import Instance, SystemctlCall  # noqa: E402
+from probes import SubmitProber  # noqa: E402
 
 SUBNET = "10.254.0.0/24"
 FEDERATION = "bench"
@@ -354,12 +355,18 @@ def state_spans(events: list[dict[str, Any]], start: datetime) -> tuple[dict[str
     return out, transitions
 
 
-def run_once(index: int, runs: int, counter: ApiCounter, log: Any) -> dict[str, Any]:
+# What users see during the pairing: alpha's users submitting to beta, beta's users submitting to beta
+PROBES = {"alphaToBeta": ("alpha-head", "beta"), "betaOwnUsers": ("beta-login-1", "beta")}
+
+
+def run_once(index: int, runs: int, counter: ApiCounter, log: Any, slurm: str) -> dict[str, Any]:
     prefix = f"run {index}/{runs}"
     name = f"bench{index}"
-    lab = Lab(name, SUBNET, [ClusterSpec("alpha", accounting=True, computes=1), ClusterSpec("beta", computes=1)])
+    lab = Lab(name, SUBNET, [ClusterSpec("alpha", accounting=True, computes=1, slurm=slurm),
+                             ClusterSpec("beta", computes=1, slurm=slurm, logins=1)])
     t0 = time.monotonic()
-    say(f"{prefix}: lab {name} up (alpha accounting + beta, one compute node each, {SUBNET})")
+    say(f"{prefix}: lab {name} up (Slurm {slurm}: alpha accounting + beta, one compute node each, beta a login "
+        f"node, {SUBNET})")
     watcher: WatcherProcess | None = None
     try:
         lab.up(progress=lambda line: print(f"  {line}", file=log, flush=True))
@@ -373,6 +380,8 @@ def run_once(index: int, runs: int, counter: ApiCounter, log: Any) -> dict[str, 
             watcher = WatcherProcess(lab)
             sfn = boto3.client("stepfunctions", region_name=aws.region)
             say(f"{prefix}: event: stack beta CREATE_COMPLETE")
+            prober = SubmitProber(lab, list(PROBES.values()))
+            prober.start()
             with counter.window() as api:
                 event_at = time.time()
                 arn = harness.route_event(aws.deployment, aws.event_for("beta"))
@@ -392,6 +401,12 @@ def run_once(index: int, runs: int, counter: ApiCounter, log: Any) -> dict[str, 
                     time.sleep(0.2)
                 observed_end = time.time()
             watcher.stop()
+            probed_from = time.monotonic() - (time.time() - description["startDate"].timestamp())
+            probe_end = time.monotonic() + 10  # and a few seconds after: does beta stay reachable?
+            while time.monotonic() < probe_end:
+                time.sleep(0.2)
+            prober.done.set()
+            prober.join()
             events = harness.history(arn, aws.region)
             commands = list(aws.commands)
             instance_of = {node: instance for instance, node in aws.node_of_instance.items()}
@@ -420,6 +435,11 @@ def run_once(index: int, runs: int, counter: ApiCounter, log: Any) -> dict[str, 
                 by_operation[key] = by_operation.get(key, 0) + 1
         harness_calls = api_counts.pop("harness", 0)
         result.update({
+            "slurm": slurm,
+            "alphaToBetaFirstWorksAfterSeconds": prober.first_success(PROBES["alphaToBeta"], probed_from),
+            "alphaToBetaRefusedSeconds": prober.outage(PROBES["alphaToBeta"]),
+            "betaOwnUsersRefusedSeconds": prober.outage(PROBES["betaOwnUsers"]),
+            "betaOwnUsersLongestWaitSeconds": prober.longest_wait(PROBES["betaOwnUsers"]),
             "status": description["status"],
             "error": description.get("error"),
             "wallSeconds": round(wall, 3),
@@ -554,6 +574,10 @@ def report(results: list[dict[str, Any]]) -> dict[str, Any]:
         ("outside any node script", col("outsideNodeScriptsSeconds"), "s"),
         ("  script ended, SSM waiter not yet polled", col("ssmPollLagSeconds"), "s"),
         ("daemon (re)starts", col("daemonStarts"), "n"),
+        ("alpha sbatch -M beta works, after start", col("alphaToBetaFirstWorksAfterSeconds"), "s"),
+        ("  then refused at most (paired)", col("alphaToBetaRefusedSeconds"), "s"),
+        ("beta-login-1 sbatch refused at most", col("betaOwnUsersRefusedSeconds"), "s"),
+        ("beta-login-1 sbatch longest accept wait", col("betaOwnUsersLongestWaitSeconds"), "s"),
         ("state transitions (*StateEntered)", col("stateTransitions"), "n"),
         ("SSM commands sent", col("ssmCommands"), "n"),
         ("SSM invocations (command x instance)", col("ssmInvocations"), "n"),
@@ -571,7 +595,8 @@ def report(results: list[dict[str, Any]]) -> dict[str, Any]:
           restart_rows(results), runs)
     table("AWS API calls per pairing, by origin: service:operation", keyed_rows(results, "apiCallsByOperation", "n"), runs)
 
-    scalar = ["wallSeconds", "eventToObservedEndSeconds", "insideRestartsSeconds", "outsideRestartsSeconds",
+    scalar = ["alphaToBetaFirstWorksAfterSeconds", "alphaToBetaRefusedSeconds", "betaOwnUsersRefusedSeconds",
+              "betaOwnUsersLongestWaitSeconds", "wallSeconds", "eventToObservedEndSeconds", "insideRestartsSeconds", "outsideRestartsSeconds",
               "restartScriptsSeconds", "nodeScriptsSeconds", "outsideNodeScriptsSeconds", "ssmPollLagSeconds", "daemonStarts",
               "stateTransitions", "ssmCommands", "ssmInvocations", "apiCalls", "labUpSeconds", "deploySeconds"]
     summary = {key: median(col(key)) for key in scalar}
@@ -585,6 +610,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=3, help="pairings to time, each in a fresh lab (default 3)")
     parser.add_argument("--log", type=Path, default=LOG_FILE, help=f"Lambda logs and lab progress (default {LOG_FILE})")
+    parser.add_argument("--slurm", default=roots.DEFAULT_RELEASE, choices=list(roots.RELEASES),
+                        help=f"Slurm release of both clusters (default {roots.DEFAULT_RELEASE}, ParallelCluster 3.14's)")
     args = parser.parse_args()
     if args.runs < 1:
         parser.error("--runs must be at least 1")
@@ -599,7 +626,7 @@ def main() -> int:
     with args.log.open("w") as log:
         for index in range(1, args.runs + 1):
             try:
-                results.append(run_once(index, args.runs, counter, log))
+                results.append(run_once(index, args.runs, counter, log, args.slurm))
             except (LabError, TimeoutError) as error:
                 say(f"run {index}/{args.runs}: FAILED: {error}")
                 results.append({"run": index, "status": "ERROR", "error": str(error)})

@@ -29,7 +29,6 @@ import logging
 import os
 import statistics
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -40,9 +39,12 @@ if str(REPO) not in sys.path:
 
 import boto3  # noqa: E402
 
-from lab import ClusterSpec, Lab, LabError  # noqa: E402
+from lab import ClusterSpec, Lab, LabError, roots  # noqa: E402
 from lab import cloud as harness  # noqa: E402
 from lab.bridge import LabCloud, lab_cloud  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from probes import SubmitProber  # noqa: E402
 
 FEDERATION = "bench"
 MEMBERS = ("beta", "gamma", "delta")
@@ -97,43 +99,11 @@ def figures(arn: str, region: str) -> dict[str, Any]:
     }
 
 
-class SubmitProber(threading.Thread):
-    """Submissions from the accounting head node to each member, in a loop: when do they fail?"""
-
-    def __init__(self, lab: Lab, members: list[str]) -> None:
-        super().__init__(daemon=True)
-        self.lab, self.members = lab, members
-        self.samples: dict[str, list[tuple[float, bool]]] = {m: [] for m in members}
-        self.done = threading.Event()
-
-    def run(self) -> None:
-        while not self.done.is_set():
-            for member in self.members:
-                ok = self.lab.exec("alpha-head", ["sbatch", f"--clusters={member}", "--test-only", "--wrap", "true"],
-                                   timeout=30).returncode == 0
-                self.samples[member].append((time.monotonic(), ok))
-
-    def longest_outage(self) -> float:
-        """The longest stretch (seconds) during which submissions to some member kept failing."""
-        longest = 0.0
-        for samples in self.samples.values():
-            failing_since = None
-            for at, ok in samples:
-                if not ok and failing_since is None:
-                    failing_since = at
-                elif ok and failing_since is not None:
-                    longest = max(longest, at - failing_since)
-                    failing_since = None
-            if failing_since is not None:
-                longest = max(longest, samples[-1][0] - failing_since)
-        return round(longest, 2)
-
-
-def bench_size(members: int, runs: int) -> list[dict[str, Any]]:
+def bench_size(members: int, runs: int, slurm: str) -> list[dict[str, Any]]:
     names = ["alpha", *MEMBERS[:members]]
     lab = Lab(f"rotbench{members}", f"10.252.{4 + members}.0/24",
-              [ClusterSpec(name, accounting=name == "alpha", computes=1) for name in names])
-    say(f"{members} member(s): lab up ({', '.join(names)})")
+              [ClusterSpec(name, accounting=name == "alpha", computes=1, slurm=slurm) for name in names])
+    say(f"{members} member(s): lab up ({', '.join(names)}, Slurm {slurm})")
     lab.up()
     results = []
     try:
@@ -147,7 +117,7 @@ def bench_size(members: int, runs: int) -> list[dict[str, Any]]:
                 if paired["status"] != "SUCCEEDED":
                     raise LabError(f"pairing {member} failed: {paired.get('cause', '')[:300]}")
             for run in range(1, runs + 1):
-                prober = SubmitProber(lab, names[1:])
+                prober = SubmitProber(lab, [("alpha-head", member) for member in names[1:]])
                 prober.start()
                 try:
                     result = cloud.rotate(FEDERATION)
@@ -155,7 +125,7 @@ def bench_size(members: int, runs: int) -> list[dict[str, Any]]:
                     prober.done.set()
                     prober.join()
                 measured = figures(result["executionArn"], cloud.region)
-                measured.update(members=members, clusters=len(names), nodes=len(lab.nodes), run=run,
+                measured.update(members=members, clusters=len(names), nodes=len(lab.nodes), run=run, slurm=slurm,
                                 submitOutage=prober.longest_outage())
                 say(f"  rotation {run}/{runs}: {measured['status']} in {measured['wall']} s")
                 results.append(measured)
@@ -190,6 +160,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--members", default="1,2,3", help="member counts to measure (default 1,2,3)")
     parser.add_argument("--runs", type=int, default=1, help="rotations per size (default 1)")
+    parser.add_argument("--slurm", default=roots.DEFAULT_RELEASE, choices=list(roots.RELEASES),
+                        help=f"Slurm release of every cluster (default {roots.DEFAULT_RELEASE})")
     args = parser.parse_args()
     if os.geteuid() != 0:
         print("bench/rotation.py needs root (the lab uses network namespaces)", file=sys.stderr)
@@ -202,7 +174,7 @@ def main() -> int:
     say(f"Lambda logs: {LOG}")
     with LOG.open("w") as log, contextlib.redirect_stdout(log):
         for size in sizes:
-            results += bench_size(size, args.runs)
+            results += bench_size(size, args.runs, args.slurm)
     summary = report(results)
     print(json.dumps({"median": summary, "runs": results}), file=CONSOLE)
     return 0 if all(r["status"] == "SUCCEEDED" for r in results) else 1

@@ -80,6 +80,11 @@ def main(argv: list[str] | None = None) -> int:
         s.add_argument("node")
         s.add_argument("--no-wait", action="store_true", help="do not wait for idle / slurmctld answering")
 
+    rt = sub.add_parser("roots", help="build (once) and list the cached Debian roots of the Slurm releases")
+    rt.add_argument("releases", nargs="*", default=[r for r, suite in roots.RELEASES.items() if suite != roots.HOST],
+                    help=f"Slurm releases (default: every one not on the host: "
+                         f"{', '.join(r for r, suite in roots.RELEASES.items() if suite != roots.HOST)})")
+
     a = p.parse_args(argv)
     if os.geteuid() != 0:
         print("error: the lab needs root (network namespaces, mounts)", file=sys.stderr)
@@ -93,6 +98,14 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"the partial lab is left for inspection: python -m lab status --name {a.name}; "
                       f"logs under {lab.root}/nodes; remove it with python -m lab down --name {a.name}", file=sys.stderr)
                 raise
+        elif a.cmd == "roots":
+            t0 = time.monotonic()
+            for release in a.releases:
+                root = roots.ensure(release, progress=lambda line: print(line, flush=True))
+                found = roots.describe(root) if root else {"slurm": "the host's"}
+                print(f"[{time.monotonic() - t0:5.1f}s] Slurm {release}: {root or 'host'} "
+                      f"({', '.join(f'{k} {v}' for k, v in found.items() if k in ('slurm', 'munge', 'mariadb'))})",
+                      flush=True)
         elif a.cmd == "down":
             try:
                 lab = Lab.load(a.name)

@@ -403,9 +403,15 @@ def events_queue(region: str, name: str = "slurm-multicluster-events") -> str:
 
 
 def published(queue: str, region: str) -> list[dict[str, Any]]:
-    """The events that reached ``queue`` (up to 10, left in the queue)."""
-    messages = boto3.client("sqs", region_name=region).receive_message(QueueUrl=queue, MaxNumberOfMessages=10)
-    return [json.loads(m["Body"]) for m in messages.get("Messages", [])]
+    """The events that reached ``queue`` since the last call, oldest first (read and deleted: a message left
+    in the queue would come back after its visibility timeout and be counted twice)."""
+    sqs = boto3.client("sqs", region_name=region)
+    events: list[dict[str, Any]] = []
+    while messages := sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10).get("Messages", []):
+        events += [json.loads(m["Body"]) for m in messages]
+        sqs.delete_message_batch(QueueUrl=queue, Entries=[
+            {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(messages)])
+    return events
 
 
 # ---------------------------------------------------------------- executions

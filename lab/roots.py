@@ -32,7 +32,9 @@ MIRROR = "http://deb.debian.org/debian"
 # and what the node scripts call (bash, coreutils, util-linux's flock/setpriv, procps, iproute2).
 PACKAGES = ("slurmctld", "slurmd", "slurmdbd", "slurm-client", "munge", "mariadb-server", "mariadb-client",
             "procps", "iproute2", "python3", "util-linux")
-PHASES = re.compile(r"^I: (Retrieving|Validating|Checking|Extracting|Installing|Unpacking|Configuring|Base system)")
+# debootstrap's "I: <Verb> <package>" lines, grouped into the steps the progress shows (verb counted -> step)
+STEPS = {"Retrieving": "downloading", "Extracting": "extracting", "Unpacking": "unpacking", "Configuring": "configuring"}
+VERB = re.compile(r"^I: (\w+)")
 
 
 def cache_dir() -> Path:
@@ -88,18 +90,22 @@ def _build(suite: str, release: str, root: Path, progress) -> None:
     _say(progress, t0, f"{suite}: building Slurm {release} root with debootstrap into {work}")
     argv = ["debootstrap", "--variant=minbase", f"--include={','.join(PACKAGES)}", suite, str(work), MIRROR]
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    phase, count, tail = None, 0, []
+    step, count, tail = None, 0, []
     assert proc.stdout
     for line in proc.stdout:
         tail = (tail + [line.rstrip()])[-20:]
-        m = PHASES.match(line)
-        if not m:
+        m = VERB.match(line)
+        if not m or m[1] not in STEPS:
             continue
-        if m[1] != phase:
-            if phase:
-                _say(progress, t0, f"{suite}: {phase.lower()} done ({count})")
-            phase, count = m[1], 0
+        if STEPS[m[1]] != step:
+            if step:
+                _say(progress, t0, f"{suite}: {step}: {count} packages")
+            step, count = STEPS[m[1]], 0
         count += 1
+        if count % 100 == 0:
+            _say(progress, t0, f"{suite}: {step}: {count} packages so far")
+    if step:
+        _say(progress, t0, f"{suite}: {step}: {count} packages")
     if proc.wait() != 0:
         shutil.rmtree(work, ignore_errors=True)
         raise LabError(f"debootstrap {suite} failed ({proc.returncode}): " + " | ".join(tail[-5:]))

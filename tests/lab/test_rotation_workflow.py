@@ -248,13 +248,21 @@ def rolled_back(rotated, federation) -> Rotation:
     queued["queued"] = submit(lab, "alpha-head", "--clusters=beta", "--wrap", "hostname")
     killed: list[str] = []
 
-    def kill_gamma_slurmctld(event: dict[str, Any]) -> None:
-        # the moment every member has switched: gamma's slurmctld dies (SIGKILL, as in a crash)
-        if event.get("stateEnteredEventDetails", {}).get("name") == "TestFederation" and not killed:
+    run_on_node = lab.sh
+
+    def kill_gamma_slurmctld_before_its_test(node: str, text: str, **kw: Any):
+        # every member has switched and TestFederation's check reaches gamma: its slurmctld has just died
+        # (SIGKILL, as in a crash). Injected at the SSM seam, so the fault always precedes the check.
+        if node == "gamma-head" and 'bash "$d/verify-member.sh"' in text and not killed:
             lab.systemctl("gamma-head", "kill", "--signal=SIGKILL", "slurmctld")
             killed.append(time.strftime("%T"))
+        return run_on_node(node, text, **kw)
 
-    result, seconds = rotate(federation, on_event=kill_gamma_slurmctld)
+    lab.sh = kill_gamma_slurmctld_before_its_test
+    try:
+        result, seconds = rotate(federation)
+    finally:
+        del lab.sh  # back to the class's method
     rotation = Rotation(result, seconds, sha256_bytes(before_key))
     rotation.observed.update(before_version=before_version, before_labels=before_labels, labels=labels(),
                              killed=killed, current=current_version()[0])

@@ -586,10 +586,11 @@ slurmctld_not_up_reason() {
 }
 
 # slurmctld_setting KEY DEFAULT: KEY as the running slurmctld reports it (`scontrol show config`), else the
-# last value in the slurm.conf include tree, else DEFAULT.
+# last value in the slurm.conf include tree, else DEFAULT. (scontrol is asked only while slurmctld runs: against
+# a stopped one it retries for about MessageTimeout before failing.)
 slurmctld_setting() {
     local value="" live
-    if live=$(timeout 10 scontrol show config 2>/dev/null); then
+    if unit_active slurmctld && live=$(timeout 10 scontrol show config 2>/dev/null); then
         value=$(scontrol_config_value "$1" "$live")
     fi
     if [[ -z $value ]]; then
