@@ -8,7 +8,8 @@ appended to ``$NODE_STATE/calls.log`` (one JSON list per line) so a test can see
   ``$MUNGE_KEY_FILE``, the socket ``$MUNGE_SOCKET``), so munge round trips in the tests are real. Slurm units
   are state only: starting ``slurmctld`` snapshots the accounting settings from the slurm.conf include tree
   (what ``scontrol show config`` then reports), and fails when a unit says so (``fail_restarts``,
-  ``fail_if_accounting_host``) the way a slurmctld that dies right after start does.
+  ``fail_if_accounting_host``) the way a slurmctld that dies right after start does (appending
+  ``log_on_failure`` = [file, line] to its log, as slurmctld logs its ``fatal:`` line).
 - ``scontrol``, ``sacctmgr``, ``sbatch``, ``sinfo``, ``slurmdbd`` answer from node.json in Slurm 22.05's formats.
 - ``aws`` records its command line and runs the real aws CLI (which talks to moto).
 Anything the stand-ins do not implement exits 2 loudly, so a script relying on more fails its test.
@@ -172,6 +173,9 @@ def start_unit(node: dict, name: str) -> None:
         failing = True
     # like systemd with Type=simple: the start "succeeds", the daemon dies right after
     unit["state"] = "failed" if failing else "active"
+    if failing and unit.get("log_on_failure"):  # [log file, line]: what the dying daemon logs
+        with open(unit["log_on_failure"][0], "a") as log:
+            log.write(unit["log_on_failure"][1] + "\n")
 
 
 def stop_unit(node: dict, name: str) -> None:
