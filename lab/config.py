@@ -110,7 +110,10 @@ def units(role: str, accounting: bool) -> dict:
                          f"--socket={MYSQL_SOCKET}", "--pid-file=/run/mysqld/mysqld.pid", "--skip-networking",
                          "--innodb-buffer-pool-size=64M", "--skip-log-bin"],
                 "log": "/var/log/mysql/error.log",
-                "runtime_dirs": [["/run/mysqld", "mysql:mysql", "0755"]],
+                # Debian sid's MariaDB 11.8 clients (slurmdbd's too) look for /run/mariadbd/mysqld.sock, older
+                # ones for /run/mysqld/mysqld.sock: the socket is at the old path, a link at the new one
+                "runtime_dirs": [["/run/mysqld", "mysql:mysql", "0755"], ["/run/mariadbd", "mysql:mysql", "0755"]],
+                "runtime_links": [["/run/mariadbd/mysqld.sock", MYSQL_SOCKET]],
                 "ready_socket": MYSQL_SOCKET,
                 "start_timeout": 60,
                 "stop_timeout": 30,

@@ -117,6 +117,9 @@ def start(unit, spec):
         os.makedirs(path, exist_ok=True)
         os.chmod(path, int(mode, 8))
         subprocess.run(["chown", owner, path], check=True)
+    for link, target in spec.get("runtime_links", []):
+        if not os.path.islink(link):
+            os.symlink(target, link)
     log = spec["log"]
     os.makedirs(os.path.dirname(log), exist_ok=True)
     with open(log, "ab") as out:
