@@ -90,12 +90,16 @@ def parse_result(stdout: str) -> dict[str, Any]:
     return result if isinstance(result, dict) else {"ok": False, "error": "the script's result is not an object"}
 
 
+# SendCommand accepts at most 50 InstanceIds (AWS API reference; moto accepts more): bigger fleets go in batches.
+SEND_COMMAND_MAX_INSTANCES = 50
+
+
 @dataclass(frozen=True)
 class SentCommand:
-    """An SSM command in flight: collect() waits for its invocations."""
+    """A node script in flight, as one SSM command per batch of instances: collect() waits for every invocation."""
 
     ssm: Any
-    command_id: str
+    command_ids: dict[str, str]  # instance id -> the command id of its batch
     script: str
     instance_ids: list[str]
     timeout_seconds: int
@@ -110,23 +114,28 @@ def send_script(
     timeout_seconds: int,
     comment: str,
 ) -> SentCommand:
-    """Send a node script to every instance (one SSM command) without waiting for it."""
-    try:
-        command = ssm.send_command(
-            InstanceIds=instance_ids,
-            DocumentName="AWS-RunShellScript",
-            Comment=comment[:100],
-            TimeoutSeconds=60,
-            Parameters={"commands": [build_command(script, args)], "executionTimeout": [str(timeout_seconds)]},
-        )["Command"]
-    except ClientError as error:
-        if error.response["Error"]["Code"] in ("InvalidInstanceId", "InvalidInstanceInformationFilterValue"):
-            raise NodeUnreachable(
-                f"SSM cannot reach {', '.join(instance_ids)} to run {script}: {SSM_POLICY_HINT}"
-            ) from error
-        raise
-    logger.info("sent node script", extra={"script": script, "command_id": command["CommandId"], "instances": instance_ids})
-    return SentCommand(ssm, command["CommandId"], script, instance_ids, timeout_seconds)
+    """Send a node script to every instance (one SSM command per 50 instances) without waiting for it."""
+    text = build_command(script, args)
+    command_ids: dict[str, str] = {}
+    for start in range(0, len(instance_ids), SEND_COMMAND_MAX_INSTANCES):
+        batch = instance_ids[start:start + SEND_COMMAND_MAX_INSTANCES]
+        try:
+            command = ssm.send_command(
+                InstanceIds=batch,
+                DocumentName="AWS-RunShellScript",
+                Comment=comment[:100],
+                TimeoutSeconds=60,
+                Parameters={"commands": [text], "executionTimeout": [str(timeout_seconds)]},
+            )["Command"]
+        except ClientError as error:
+            if error.response["Error"]["Code"] in ("InvalidInstanceId", "InvalidInstanceInformationFilterValue"):
+                raise NodeUnreachable(
+                    f"SSM cannot reach {', '.join(batch)} to run {script}: {SSM_POLICY_HINT}"
+                ) from error
+            raise
+        logger.info("sent node script", extra={"script": script, "command_id": command["CommandId"], "instances": batch})
+        command_ids.update(dict.fromkeys(batch, command["CommandId"]))
+    return SentCommand(ssm, command_ids, script, instance_ids, timeout_seconds)
 
 
 # Most scripts finish in well under a second: poll soon, then back off (botocore's command_executed waiter
@@ -141,7 +150,7 @@ def _invocation(sent: SentCommand, instance_id: str, deadline: float) -> dict[st
     delay = FIRST_POLL_SECONDS
     while True:
         try:
-            invocation = sent.ssm.get_command_invocation(CommandId=sent.command_id, InstanceId=instance_id)
+            invocation = sent.ssm.get_command_invocation(CommandId=sent.command_ids[instance_id], InstanceId=instance_id)
             if invocation["Status"] in FINAL_STATUSES:
                 return invocation
         except ClientError as error:
@@ -184,7 +193,7 @@ def run_script(
     timeout_seconds: int,
     comment: str,
 ) -> dict[str, NodeResult]:
-    """Run a node script on each instance (one SSM command), wait for every invocation, return results."""
+    """Run a node script on each instance (one SSM command per 50), wait for every invocation, return results."""
     if not instance_ids:
         return {}
     return collect(send_script(ssm, instance_ids, script, args, timeout_seconds=timeout_seconds, comment=comment))
