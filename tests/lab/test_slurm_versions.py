@@ -3,7 +3,8 @@
 
 Per release, one lab of three clusters: the node scripts read every setting right; beta is paired through the
 real workflow and runs jobs both ways; a key rotation across alpha and beta succeeds; gamma opts in, its pairing
-fails verification and is rolled back to exactly what it had (on 24.11+ that includes slurmctld's cluster id file)."""
+fails verification and is rolled back to exactly what it had (on 24.11+ that includes slurmctld's cluster id file);
+gamma, registered with alpha's slurmdbd meanwhile, is removed from accounting (dumped first)."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from lab.bridge import lab_cloud
 from lab_helpers import REPO, sha256, submit, wait_job_completed
 from pairing_helpers import (
     ACCOUNTING_CONF, ALPHA_TAGS, BETA_TAGS, FEDERATION, KEY, SHARED_KEY, daemon, fresh_lab, jobs_in_every_direction,
-    opt_in, our_rules, run_logged, wait_job_completed_on,
+    opt_in, our_rules, run_logged, sacctmgr_clusters, wait_job_completed_on,
 )
 
 pytestmark = pytest.mark.lab
@@ -55,6 +56,7 @@ class ReleaseRun:
     id_files: dict[str, str] = field(default_factory=dict)
     rollback: dict[str, Any] = field(default_factory=dict)
     rotation: dict[str, Any] = field(default_factory=dict)
+    removal: dict[str, Any] = field(default_factory=dict)
 
 
 @pytest.fixture(scope="module", params=RELEASES, ids=lambda r: f"slurm-{r}")
@@ -113,6 +115,14 @@ def release_run(request, lab_host):
             lab.wait_idle(["gamma-compute-1"], timeout=60)
             run.rollback["own_job"] = wait_job_completed(
                 lab, "gamma-head", submit(lab, "gamma-head", "--wrap", "hostname"), 60)
+
+        # gamma registered with alpha's slurmdbd during its failed pairing: an admin removes it from accounting
+        run.removal = {"listed_before": "gamma" in sacctmgr_clusters(lab, "alpha-head"),
+                       "result": node_script(lab, "alpha-head", "remove-from-accounting.sh", "--cluster", "gamma",
+                                             "--backup-id", "remove-gamma"),
+                       "listed_after": "gamma" in sacctmgr_clusters(lab, "alpha-head"),
+                       "again": node_script(lab, "alpha-head", "remove-from-accounting.sh", "--cluster", "gamma",
+                                            "--backup-id", "remove-gamma")}
 
         yield run
 
@@ -175,6 +185,15 @@ def test_rotation_gives_every_node_a_new_key_and_jobs_still_cross_on_each_releas
     keys = set(rotation["keys"].values())
     assert len(keys) == 1 and rotation["old"] not in keys
     assert rotation["jobs"]["alpha->beta"]["JobState"] == rotation["jobs"]["beta->alpha"]["JobState"] == "COMPLETED"
+
+
+def test_remove_from_accounting_dumps_then_deletes_on_each_release(release_run):
+    removal = release_run.removal
+    assert removal["listed_before"] is True
+    assert removal["result"]["ok"] and removal["result"]["changed"] and removal["result"]["wasRegistered"], removal
+    assert removal["result"]["dump"].endswith("sacctmgr-gamma.cfg")
+    assert removal["listed_after"] is False
+    assert removal["again"]["ok"] and removal["again"]["changed"] is False  # idempotent
 
 
 # ---------------------------------------------------------------- mixed releases
