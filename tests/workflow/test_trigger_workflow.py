@@ -38,6 +38,29 @@ def test_stack_that_is_not_a_parallelcluster_cluster_is_ignored(moto_aws):
     _no_side_effects(moto_aws)
 
 
+# CloudFormation names a nested stack <parent>-<logical id>-<suffix>; ParallelCluster's queue and login node stacks
+# are CDK NestedStacks whose logical ids alone are long: the names run far past a cluster name's 60 characters.
+NESTED_STACK_NAME = "beta-QueueGroup0NestedStackQueueGroup0NestedStackResource6B1D7D8F-1WQ4C2Q5XH7L9"
+
+
+def nested_looking_stack(tags: dict[str, str]) -> str:
+    """A stack named like a ParallelCluster nested stack, carrying the tags nested stacks inherit."""
+    return boto3.client("cloudformation", region_name=REGION).create_stack(
+        StackName=NESTED_STACK_NAME, TemplateBody=json.dumps({"Resources": {}}),
+        Tags=[{"Key": k, "Value": v} for k, v in tags.items()])["StackId"]
+
+
+@pytest.mark.parametrize("status", ["CREATE_COMPLETE", "UPDATE_COMPLETE"])
+def test_events_of_stacks_with_long_generated_names_end_quietly_as_not_a_member(moto_aws, status):
+    assert 60 < len(NESTED_STACK_NAME) <= 128
+    stack_id = nested_looking_stack({"parallelcluster:version": "3.14.0", "parallelcluster:cluster-name": "beta",
+                                     **FEDERATION_TAGS})
+    result = moto_aws.run_event(cloud.stack_status_event(stack_id, status, REGION))
+    assert result["status"] == "SUCCEEDED", result.get("cause")
+    assert cloud.state_names(result["executionArn"], REGION)[-1] == "NotAFederationMember"
+    _no_side_effects(moto_aws)
+
+
 @pytest.mark.parametrize("status", ["CREATE_IN_PROGRESS", "ROLLBACK_COMPLETE", "UPDATE_IN_PROGRESS", "DELETE_COMPLETE"])
 def test_other_stack_statuses_do_not_start_a_pairing(moto_aws, status):
     cluster = moto_aws.cluster("beta", "10.250.0.21", [], FEDERATION_TAGS)

@@ -170,6 +170,20 @@ def test_deleting_a_cluster_that_never_joined_changes_nothing(moto_aws, federati
     assert sorted(r["SecurityGroupRuleId"] for r in _rules()) == rules_before
 
 
+def test_deleting_a_stack_with_a_long_generated_name_changes_nothing(moto_aws, federation, route):
+    # a nested stack of a member (CloudFormation deletes them with the cluster) carries the member's tags
+    name = "beta-QueueGroup0NestedStackQueueGroup0NestedStackResource6B1D7D8F-1WQ4C2Q5XH7L9"
+    stack_id = boto3.client("cloudformation", region_name=REGION).create_stack(
+        StackName=name, TemplateBody=json.dumps({"Resources": {}}),
+        Tags=[{"Key": "parallelcluster:version", "Value": "3.14.0"}, {"Key": FEDERATION_KEY, "Value": "hpc"}])["StackId"]
+    rules_before, readers_before = sorted(r["SecurityGroupRuleId"] for r in _rules()), _secret_readers()
+    result = route(cloud.stack_status_event(stack_id, "DELETE_IN_PROGRESS", REGION))[cloud.UNPAIRING_STATE_MACHINE]
+    assert result["status"] == "SUCCEEDED", result.get("cause")
+    assert cloud.state_names(result["executionArn"], REGION)[-1] == "NotAFederationMember"
+    assert sorted(r["SecurityGroupRuleId"] for r in _rules()) == rules_before
+    assert _secret_readers() == readers_before
+
+
 def test_manual_unpairing_rejects_pairing_options_and_hostile_names(moto_aws, federation):
     for request in ({"stackName": "beta", "region": REGION, "dryRun": True},
                     {"stackName": "beta;reboot", "region": REGION},

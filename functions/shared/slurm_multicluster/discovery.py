@@ -43,6 +43,8 @@ def membership(stack: dict[str, Any], config: Settings) -> tuple[str | None, str
         return None, "nested stack (ParallelCluster queue or login node stack), not a cluster"
     if VERSION_TAG not in tags:
         return None, "not a ParallelCluster stack (no parallelcluster:version tag)"
+    if not v.CLUSTER_NAME.fullmatch(stack.get("StackName", "")):
+        return None, "not a ParallelCluster cluster: its stack name is longer than ParallelCluster's 60 characters"
     federation = tags.get(config.federation_tag_key)
     if federation is None:
         return None, f"no {config.federation_tag_key} tag: the cluster has not opted in"

@@ -15,7 +15,8 @@ def _matching(pattern, what: str) -> AfterValidator:
 
 
 # Strings from outside, checked where a model is built (InvalidInput names the field and the rule).
-ClusterName = Annotated[str, _matching(v.CLUSTER_NAME, "stack name")]
+StackName = Annotated[str, _matching(v.STACK_NAME, "stack name")]
+ClusterName = Annotated[str, _matching(v.CLUSTER_NAME, "cluster name")]
 SlurmClusterName = Annotated[str, _matching(v.SLURM_CLUSTER_NAME, "Slurm ClusterName")]
 FederationName = Annotated[str, _matching(v.FEDERATION_NAME, "federation name")]
 Region = Annotated[str, _matching(v.REGION, "region")]
@@ -38,7 +39,7 @@ class PairingRequest(StateModel):
 
     action: Literal["pair", "unpair", "ignore"]
     reason: str = ""
-    stack_name: ClusterName
+    stack_name: StackName  # any stack's events arrive here; only a cluster's name becomes a Member
     stack_id: str | None = None
     region: Region
     dry_run: bool = False

@@ -7,7 +7,10 @@ import re
 
 from slurm_multicluster.errors import InvalidInput
 
-# ParallelCluster cluster (= stack) names: a letter, then letters, digits and hyphens, 60 characters at most.
+# CloudFormation stack names: a letter, then letters, digits and hyphens, 128 characters at most (AWS
+# CloudFormation User Guide, "Stack name"); nested stacks' generated names use all of that.
+STACK_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9-]{0,127}$")
+# ParallelCluster cluster (= top-level stack) names: the same characters, 60 at most.
 CLUSTER_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9-]{0,59}$")
 # Slurm's ClusterName as read from a node (ParallelCluster lower-cases it; underscores are legal in Slurm).
 SLURM_CLUSTER_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,59}$")
