@@ -43,6 +43,15 @@ def cluster_id_file(lab: Lab, node: str) -> str:
     return lab.exec(node, ["cat", CLUSTER_ID_FILE], check=True).stdout.strip()
 
 
+def member_state(lab: Lab, cluster: str) -> dict[str, Any]:
+    """What a rollback must give back: munge keys (head, compute, shared copy), accounting config, cluster id file."""
+    head = f"{cluster}-head"
+    return {"keys": {n: sha256(lab, n, KEY) for n in (head, f"{cluster}-compute-1")},
+            "shared": sha256(lab, head, SHARED_KEY),
+            "conf": lab.exec(head, ["cat", ACCOUNTING_CONF], check=True).stdout,
+            "id_file": cluster_id_file(lab, head)}
+
+
 @dataclass
 class ReleaseRun:
     """Everything observed on one release's lab (measured in the fixture, asserted by the tests)."""
@@ -90,12 +99,7 @@ def release_run(request, lab_host):
                 if result["status"] == "SUCCEEDED":
                     run.rotation["jobs"] = jobs_in_every_direction(lab, ["alpha", "beta"])
             # gamma opts in later; an admin drained its only compute node, so verification fails and everything is rolled back
-            gamma_before = {
-                "keys": {n: sha256(lab, n, KEY) for n in ("gamma-head", "gamma-compute-1")},
-                "shared": sha256(lab, "gamma-head", SHARED_KEY),
-                "conf": lab.exec("gamma-head", ["cat", ACCOUNTING_CONF], check=True).stdout,
-                "id_file": cluster_id_file(lab, "gamma-head"),
-            }
+            gamma_before = member_state(lab, "gamma")
             rules_before = sorted(r["SecurityGroupRuleId"] for r in our_rules())
             opt_in(cloud, "gamma")
             lab.exec("gamma-head", ["scontrol", "update", "nodename=gamma-compute-1", "state=down", "reason=maint"],
@@ -103,12 +107,7 @@ def release_run(request, lab_host):
             result, _ = run_logged(cloud, cloud.event_for("gamma"))
             run.rollback = {
                 "result": result, "before": gamma_before, "rules_before": rules_before,
-                "after": {
-                    "keys": {n: sha256(lab, n, KEY) for n in ("gamma-head", "gamma-compute-1")},
-                    "shared": sha256(lab, "gamma-head", SHARED_KEY),
-                    "conf": lab.exec("gamma-head", ["cat", ACCOUNTING_CONF], check=True).stdout,
-                    "id_file": cluster_id_file(lab, "gamma-head"),
-                },
+                "after": member_state(lab, "gamma"),
                 "rules": sorted(r["SecurityGroupRuleId"] for r in our_rules()),
             }
             lab.exec("gamma-head", ["scontrol", "update", "nodename=gamma-compute-1", "state=resume"], check=True)
