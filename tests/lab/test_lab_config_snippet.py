@@ -64,7 +64,7 @@ def test_member_snippet_names_the_federation_key_and_the_port_slurmdbd_listens_o
     assert snippet == result["config"]
 
     secret = boto3.client("secretsmanager", region_name=cloud.region).describe_secret(
-        SecretId=f"slurm-multicluster/{FEDERATION}/munge-key")
+        SecretId=f"slurm-multicluster/default/{FEDERATION}/munge-key")
     settings = snippet["Scheduling"]["SlurmSettings"]
     assert settings["MungeKeySecretArn"] == secret["ARN"]
     assert settings["ExternalSlurmdbd"] == {"Host": lab.head("alpha").ip, "Port": MOVED_DBD_PORT}

@@ -62,7 +62,7 @@ def test_deleted_member_is_unpaired_and_the_others_still_submit_to_each_other(fe
         r["GroupId"], r.get("ReferencedGroupInfo", {}).get("GroupId"))] == []
     assert _touching("beta", our_rules()), "alpha <-> beta rules must stay"
     policy = json.loads(boto3.client("secretsmanager", region_name=cloud.region).get_resource_policy(
-        SecretId="slurm-multicluster/hpc/munge-key")["ResourcePolicy"])
+        SecretId="slurm-multicluster/default/hpc/munge-key")["ResourcePolicy"])
     readers = [arn for s in policy["Statement"] for arn in s["Principal"]["AWS"]]
     assert gamma.head_role_arn not in readers and cloud.clusters["beta"].head_role_arn in readers
     # History kept (the default): gamma stays in accounting, marked by an empty ControlHost once its slurmctld is gone.

@@ -185,7 +185,7 @@ def test_update_that_regenerates_the_config_is_re_applied_with_one_restart(paire
 def test_only_head_node_roles_may_use_the_federation_secret(paired):
     cloud = paired.cloud
     secrets = boto3.client("secretsmanager", region_name=cloud.region)
-    policy = json.loads(secrets.get_resource_policy(SecretId="slurm-multicluster/hpc/munge-key")["ResourcePolicy"])
+    policy = json.loads(secrets.get_resource_policy(SecretId="slurm-multicluster/default/hpc/munge-key")["ResourcePolicy"])
     grants = {s["Sid"]: (sorted(s["Principal"]["AWS"]), s["Action"]) for s in policy["Statement"]}
     alpha_role, beta_role = cloud.clusters["alpha"].head_role_arn, cloud.clusters["beta"].head_role_arn
     assert grants["MemberHeadNodesReadMungeKey"][0] == sorted([alpha_role, beta_role])

@@ -35,7 +35,7 @@ from pairing_helpers import (
 pytestmark = pytest.mark.lab
 
 CLUSTERS = ("alpha", "beta", "gamma")
-SECRET = f"slurm-multicluster/{FEDERATION}/munge-key"
+SECRET = f"slurm-multicluster/default/{FEDERATION}/munge-key"
 NODES = [f"{c}-{role}" for c in CLUSTERS for role in ("head", "compute-1")]
 HELD = "while [ ! -e /tmp/release-{tag} ]; do sleep 0.2; done; hostname"  # runs until the test releases it
 

@@ -21,7 +21,7 @@ REGION = "us-east-1"
 FEDERATION = "hpc"
 ACCOUNTING_TAGS = {"slurm-multicluster:federation": FEDERATION, "slurm-multicluster:role": "accounting"}
 MEMBER_TAGS = {"slurm-multicluster:federation": FEDERATION}
-SECRET = f"slurm-multicluster/{FEDERATION}/munge-key"
+SECRET = f"slurm-multicluster/default/{FEDERATION}/munge-key"
 APP = Path(__file__).resolve().parents[2] / "functions" / "generate_config_snippet" / "app.py"
 
 

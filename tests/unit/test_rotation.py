@@ -74,7 +74,7 @@ REQUEST = rotation.RotationRequest(federation="hpc", region="us-east-1", trigger
 
 
 def test_a_paired_federation_is_ready_to_rotate(secrets):
-    secrets.create_secret(Name="slurm-multicluster/hpc/munge-key",
+    secrets.create_secret(Name="slurm-multicluster/default/hpc/munge-key",
                           SecretString=base64.b64encode(os.urandom(64)).decode())
     plan = rotation.check_prerequisites(lambda service, region: secrets, REQUEST,
                                         [_member("alpha", True), _member("beta")], Settings())
@@ -90,7 +90,7 @@ def test_a_paired_federation_is_ready_to_rotate(secrets):
     ([_member("alpha", True, dbd=False), _member("beta")], "alpha: the federation's slurmdbd is not active"),
 ])
 def test_each_broken_prerequisite_is_named(secrets, members, says):
-    secrets.create_secret(Name="slurm-multicluster/hpc/munge-key", SecretString="QUFBQQ==")
+    secrets.create_secret(Name="slurm-multicluster/default/hpc/munge-key", SecretString="QUFBQQ==")
     with pytest.raises(PrerequisiteFailed, match=says):
         rotation.check_prerequisites(lambda service, region: secrets, REQUEST, members, Settings())
 
@@ -122,7 +122,7 @@ def test_outcomes_all_ok_pass():
 
 
 def _secret_with_pending(secrets) -> tuple[str, str, str]:
-    arn = secrets.create_secret(Name="slurm-multicluster/hpc/munge-key", SecretString="QUFBQQ==")["ARN"]
+    arn = secrets.create_secret(Name="slurm-multicluster/default/hpc/munge-key", SecretString="QUFBQQ==")["ARN"]
     (old,) = secrets.describe_secret(SecretId=arn)["VersionIdsToStages"]
     new = "11111111-2222-5333-8444-555555555555"
     secrets.put_secret_value(SecretId=arn, SecretString="QkJCQg==", ClientRequestToken=new, VersionStages=["AWSPENDING"])

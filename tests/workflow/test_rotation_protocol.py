@@ -24,7 +24,7 @@ from workflow.conftest import REGION
 from workflow.simulated_nodes import SimulatedFederation, SimulatedNode, sha256
 
 FEDERATION = "hpc"
-SECRET_NAME = f"slurm-multicluster/{FEDERATION}/munge-key"
+SECRET_NAME = f"slurm-multicluster/default/{FEDERATION}/munge-key"
 CLUSTERS = {"alpha": "10.252.0.11", "beta": "10.252.0.21", "gamma": "10.252.0.31"}
 LEASE_TABLE = "slurm-multicluster-FederationLeaseTable"  # cloud.deploy names tables <stack>-<logical id>
 

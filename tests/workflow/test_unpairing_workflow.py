@@ -22,7 +22,7 @@ from workflow.conftest import FEDERATION_TAGS, REGION
 
 FEDERATION_KEY = "slurm-multicluster:federation"
 ACCOUNTING_TAGS = {**FEDERATION_TAGS, "slurm-multicluster:role": "accounting"}
-SECRET = "slurm-multicluster/hpc/munge-key"
+SECRET = "slurm-multicluster/default/hpc/munge-key"
 
 
 @pytest.fixture

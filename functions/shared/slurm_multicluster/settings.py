@@ -9,6 +9,7 @@ from pydantic import BaseModel, Field
 class Settings(BaseModel):
     """What the template parameters configure; every function reads the same names."""
 
+    deployment_id: str = "default"  # namespaces everything this deployment owns (DeploymentId parameter)
     federation_tag_key: str = "slurm-multicluster:federation"
     role_tag_key: str = "slurm-multicluster:role"
     accounting_role: str = "accounting"
@@ -31,13 +32,14 @@ class Settings(BaseModel):
 
     def munge_key_secret_name(self, federation: str) -> str:
         """The federation's munge key secret, in ParallelCluster's MungeKeySecretArn format."""
-        return f"{self.secret_name_prefix}/{federation}/munge-key"
+        return f"{self.secret_name_prefix}/{self.deployment_id}/{federation}/munge-key"
 
 
 def settings() -> Settings:
     """Settings from the environment."""
     env = os.environ
     return Settings(
+        deployment_id=env.get("DEPLOYMENT_ID", "default"),
         federation_tag_key=env.get("FEDERATION_TAG_KEY", "slurm-multicluster:federation"),
         role_tag_key=env.get("ROLE_TAG_KEY", "slurm-multicluster:role"),
         deployment_region=env.get("AWS_REGION", ""),
