@@ -9,7 +9,7 @@ PYTHON ?= $(firstword $(wildcard /root/.pyenv/versions/3.12*/bin/python3.12) $(s
 DEBIAN_PACKAGES := slurmctld slurmd slurm-client slurmdbd munge mariadb-server mariadb-client iproute2 util-linux procps shellcheck debootstrap
 export SAM_CLI_TELEMETRY := 0
 
-.PHONY: help setup system-packages test unit lint demo bench bench-rotation lab-up lab-down lab-roots clean
+.PHONY: help setup system-packages test unit lint documents demo bench bench-rotation lab-up lab-down lab-roots clean
 
 help:
 	@echo "make demo   pair two local Slurm clusters through the real workflow (root, Linux)"
@@ -47,8 +47,14 @@ unit: setup
 
 lint: setup
 	$(VENV)/bin/sam validate --lint
+	$(VENV)/bin/sam validate --lint -t node-documents.yaml
 	for f in statemachine/*.asl.json; do node_modules/.bin/asl-validator --json-path "$$f" || exit 1; done
 	shellcheck -x functions/shared/slurm_multicluster/node_scripts/*.sh
+
+# node-documents.yaml (the node scripts as SSM Command documents) from slurm_multicluster.ssm_documents
+documents: $(VENV)/.installed
+	PYTHONPATH=functions/shared $(PY) -m slurm_multicluster.ssm_documents > node-documents.yaml.new
+	mv node-documents.yaml.new node-documents.yaml
 
 demo: setup
 	$(PY) -m lab roots $(if $(SLURM),$(SLURM),24.11)

@@ -314,8 +314,10 @@ def time_ssm_invocations(lab: Lab) -> list[Invocation]:
         start = time.time()
         done = original(node, script, **kwargs)
         end = time.time()
-        match = re.search(r'^bash "\$d/([\w.-]+)"(?: \'?(encode|decode)\'?)?', script, re.M)
-        name = (match.group(1) + (f" {match.group(2)}" if match.group(2) else "")) if match else "(command)"
+        # the rendered document: `bash "$d/<script>" "$@"`, munge-credential.sh's mode set as `set -- "$@" 'encode'`
+        match = re.search(r'^bash "\$d/([\w.-]+)"', script, re.M)
+        mode = re.search(r'^set -- "\$@" \'(encode|decode)\'$', script, re.M)
+        name = (match.group(1) + (f" {mode.group(1)}" if mode else "")) if match else "(command)"
         lines = [line for line in done.stdout.splitlines() if line.strip()]
         try:
             ok = bool(json.loads(lines[-1]).get("ok")) if lines else False

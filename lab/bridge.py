@@ -181,9 +181,10 @@ def lab_cloud(
             node_of_instance.update(zip(mirror.compute_instance_ids, (n.name for n in computes)))
             node_of_instance.update(zip(mirror.login_instance_ids, (n.name for n in logins)))
 
-        def execute(instance_id: str, command_region: str, text: str, timeout: int) -> tuple[int, str, str]:
-            done = lab.sh(node_of_instance[instance_id], text, env=node_environment(lab, port, command_region),
-                          timeout=timeout)
+        def execute(command: cloud.RunCommand) -> tuple[int, str, str]:
+            # the document's rendered text, run with sh on the node as the SSM agent runs it
+            done = lab.sh(node_of_instance[command.instance_id], command.text,
+                          env=node_environment(lab, port, command.region), timeout=command.timeout)
             return done.returncode, done.stdout, done.stderr
 
         stack.enter_context(cloud.real_lambda_handlers(deployment))

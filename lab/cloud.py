@@ -2,8 +2,11 @@
 
 Seams patched here, and only here (notes/moto.md), never in functions/:
 - Lambda invoke runs the real handler in-process (``LambdaSimpleBackend.invoke``);
-- SSM Run Command runs the real command text on a node through an executor (``Command.invocation_response``,
-  and the target resolution bug that fans ``InstanceIds`` out to every instance);
+- SSM Run Command runs Command documents as SSM does (``SimpleSystemManagerBackend.send_command``): the
+  document is looked up and the parameters checked against it (unknown, missing, allowedPattern/allowedValues:
+  InvalidParameters) before any node sees anything, defaults filled, ``{{ Name }}`` interpolated, and the
+  rendered aws:runShellScript text run on a node through an executor (``Command.invocation_response``, and the
+  target resolution bug that fans ``InstanceIds`` out to every instance);
 - EventBridge -> state machine routing as the template's rule declares it (moto cannot start a state machine).
 """
 
@@ -14,6 +17,7 @@ import io
 import json
 import logging
 import os
+import re
 import sys
 import threading
 import time
@@ -184,8 +188,34 @@ def deploy(region: str, parameters: dict[str, str] | None = None, stack: str = "
         for index, pattern in enumerate(rules):
             events.put_rule(Name=f"{stack}-{logical}-{index}", EventPattern=json.dumps(pattern))
         patterns += [(logical, pattern) for pattern in rules]
+    # The node documents: template.yaml's nested stack here, and the same template deployed by hand in every
+    # other FederationRegions region (README, Deploy).
+    federation_regions = [r.strip() for r in params.get("FederationRegions", "").split(",") if r.strip()]
+    for logical, resource in resources.items():
+        if resource["Type"] == "AWS::Serverless::Application":
+            nested = {key: str(resolve(value)) for key, value in resource["Properties"].get("Parameters", {}).items()}
+            for documents_region in dict.fromkeys([region, *federation_regions]):
+                deploy_node_documents(documents_region, nested, REPO / resource["Properties"]["Location"])
     return Deployment(region, state_machines[PAIRING_STATE_MACHINE], function_code, patterns, params, functions,
                       state_machines)
+
+
+def deploy_node_documents(region: str, parameters: dict[str, str], path: Path = REPO / "node-documents.yaml") -> list[str]:
+    """Create node-documents.yaml's SSM documents in ``region``, as its stack would; returns their names."""
+    template = load_template(path)
+    params = {name: str(spec.get("Default", "")) for name, spec in template.get("Parameters", {}).items()}
+    params.update(parameters)
+    resolve = _Resolver(params, {}, {}, region)
+    ssm = boto3.client("ssm", region_name=region)
+    names = []
+    for resource in template["Resources"].values():
+        if resource["Type"] != "AWS::SSM::Document":
+            raise ValueError(f"{path.name}: only AWS::SSM::Document resources are modelled, not {resource['Type']}")
+        props = resolve(resource["Properties"])
+        ssm.create_document(Name=props["Name"], Content=json.dumps(props["Content"]),
+                            DocumentType=props["DocumentType"], DocumentFormat=props["DocumentFormat"])
+        names.append(props["Name"])
+    return names
 
 
 # ---------------------------------------------------------------- Lambda: real handlers in-process
@@ -263,12 +293,80 @@ def real_lambda_handlers(deployment: Deployment) -> Iterator[None]:
 
 
 # ---------------------------------------------------------------- SSM Run Command on real nodes
-Executor = Callable[[str, str, str, int], tuple[int, str, str]]  # (instance id, region, text, timeout) -> result
+@dataclass(frozen=True)
+class RunCommand:
+    """One invocation of a Command document on one instance, rendered as SSM hands it to the agent."""
+
+    instance_id: str
+    region: str
+    document_name: str
+    parameters: dict[str, str]  # every parameter of the document, defaults filled in
+    text: str  # the aws:runShellScript step's runCommand lines, parameters interpolated: the agent runs it with sh
+    timeout: int  # the step's timeoutSeconds
+
+
+Executor = Callable[[RunCommand], tuple[int, str, str]]  # -> (exit code, stdout, stderr)
+_PARAMETER_REFERENCE = re.compile(r"\{\{\s*([A-Za-z0-9_]+)\s*\}\}")
+
+
+def _render(template: str, values: dict[str, str]) -> str:
+    return _PARAMETER_REFERENCE.sub(lambda m: values.get(m[1], m[0]), template)
+
+
+def render_document(document_name: str, document_type: str, content: dict[str, Any],
+                    sent: dict[str, list[str]]) -> tuple[dict[str, str], str, int]:
+    """What SSM does with a Command document at SendCommand: check the parameters sent against the document's
+    (unknown, missing, allowedPattern/allowedValues: InvalidParameters), fill defaults, interpolate
+    ``{{ Name }}`` into the aws:runShellScript step. Returns (parameters, command text, timeout seconds)."""
+    from moto.ssm.exceptions import InvalidDocument, SSMException
+
+    steps = content.get("mainSteps") or []
+    if (document_type != "Command" or str(content.get("schemaVersion")) != "2.2" or len(steps) != 1
+            or steps[0].get("action") != "aws:runShellScript"):
+        raise InvalidDocument(f"{document_name}: the lab runs Command documents (schemaVersion 2.2) of one "
+                              "aws:runShellScript step only")
+    definitions: dict[str, Any] = content.get("parameters") or {}
+    values: dict[str, str] = {}
+    for name, given in sent.items():
+        if name not in definitions:
+            raise SSMException("InvalidParameters", f"Parameter {name!r} is not defined in {document_name}")
+        if len(given) != 1:
+            raise SSMException("InvalidParameters", f"Parameter {name!r} takes one String value")
+        values[name] = given[0]
+    for name, definition in definitions.items():
+        if definition.get("type") != "String":
+            raise InvalidDocument(f"{document_name}: the lab models String parameters only ({name})")
+        if name not in values:
+            if "default" not in definition:
+                raise SSMException("InvalidParameters", f"Missing required parameter {name!r}")
+            values[name] = str(definition["default"])
+            continue
+        allowed = definition.get("allowedValues")
+        pattern = definition.get("allowedPattern")
+        if (allowed is not None and values[name] not in allowed) or (
+                pattern is not None and re.fullmatch(pattern, values[name]) is None):
+            raise SSMException("InvalidParameters", f"Parameter {name!r} value {values[name]!r} does not match "
+                               f"{'the allowed values' if allowed is not None else 'the allowed pattern ' + pattern}")
+    inputs = steps[0].get("inputs", {})
+    text = "\n".join(_render(line, values) for line in inputs.get("runCommand", []))
+    return values, text, int(_render(str(inputs.get("timeoutSeconds", "3600")), values))
+
+
+def _prepare_command(backend: Any, document_name: str | None, sent: dict[str, list[str]]) -> tuple[dict[str, str], str, int]:
+    """SendCommand's checks in moto's SSM backend: the document must exist there, then ``render_document``."""
+    from moto.ssm.exceptions import InvalidDocument
+
+    if not document_name:
+        raise InvalidDocument("The specified document does not exist.")
+    # moto's documents have one version each: $DEFAULT and $LATEST (what node_commands sends) are the same
+    document = backend._get_documents(document_name).get_default_version()
+    return render_document(document_name, document.document_type, document.content_json, sent)
 
 
 @contextmanager
 def ssm_runs_on(executor: Executor, routable: Callable[[str], bool]) -> Iterator[list[dict[str, Any]]]:
-    """Make moto's SSM run each command's text through ``executor``; yields the list of commands sent.
+    """Make moto's SSM run Command documents as SSM does, each rendered invocation through ``executor``;
+    yields the list of invocations sent (command id, instance, document name, parameters, comment).
 
     Instances that ``routable`` rejects behave like instances without the SSM agent: SendCommand fails with
     InvalidInstanceId, as it does on AWS.
@@ -277,12 +375,18 @@ def ssm_runs_on(executor: Executor, routable: Callable[[str], bool]) -> Iterator
     from moto.ssm.exceptions import SSMException
 
     sent: list[dict[str, Any]] = []
+    original_send = ssm_models.SimpleSystemManagerBackend.send_command
     original_response = ssm_models.Command.invocation_response
     original_targets = ssm_models.Command._get_instance_ids_from_targets
     # moto's own methods, even when another seam is already active (nested labs): the base dict must not
     # come from an outer executor that does not know this lab's instances.
+    moto_send = getattr(original_send, "moto_original", original_send)
     moto_response = getattr(original_response, "moto_original", original_response)
     moto_targets = getattr(original_targets, "moto_original", original_targets)
+
+    def send_command(self: Any, **kwargs: Any) -> Any:
+        _prepare_command(self, kwargs.get("document_name"), kwargs.get("parameters") or {})  # refuses before any node
+        return moto_send(self, **kwargs)
 
     def targets(self: Any) -> list[str]:
         return moto_targets(self) if self.targets else []  # moto fans InstanceIds out to every instance
@@ -292,14 +396,15 @@ def ssm_runs_on(executor: Executor, routable: Callable[[str], bool]) -> Iterator
             raise SSMException("InvalidInstanceId", f"Instances [[{instance_id}]] not in a valid state for account")
         invocation = moto_response(self, instance_id, plugin_name)
         invocation.update(Status="InProgress", StatusDetails="InProgress", ResponseCode=-1)
-        text = "\n".join(self.parameters.get("commands", []))
-        timeout = int((self.parameters.get("executionTimeout") or ["3600"])[0])
-        sent.append({"CommandId": self.command_id, "InstanceId": instance_id, "Parameters": self.parameters,
-                     "Comment": self.comment})
+        backend = ssm_models.ssm_backends[self.account_id][self.backend_region]
+        values, text, timeout = _prepare_command(backend, self.document_name, self.parameters)
+        command = RunCommand(instance_id, self.backend_region, self.document_name, values, text, timeout)
+        sent.append({"CommandId": self.command_id, "InstanceId": instance_id, "DocumentName": self.document_name,
+                     "Parameters": self.parameters, "Comment": self.comment})
 
         def run() -> None:
             try:
-                code, stdout, stderr = executor(instance_id, self.backend_region, text, timeout)
+                code, stdout, stderr = executor(command)
             except Exception as error:  # the agent reports a failed invocation, not a crash
                 code, stdout, stderr = 1, "", f"executor error: {error}"
             status = "Success" if code == 0 else "Failed"
@@ -310,13 +415,16 @@ def ssm_runs_on(executor: Executor, routable: Callable[[str], bool]) -> Iterator
         threading.Thread(target=run, name=f"ssm-{instance_id}", daemon=True).start()
         return invocation
 
+    send_command.moto_original = moto_send  # type: ignore[attr-defined]
     invocation_response.moto_original = moto_response  # type: ignore[attr-defined]
     targets.moto_original = moto_targets  # type: ignore[attr-defined]
+    ssm_models.SimpleSystemManagerBackend.send_command = send_command
     ssm_models.Command.invocation_response = invocation_response
     ssm_models.Command._get_instance_ids_from_targets = targets
     try:
         yield sent
     finally:
+        ssm_models.SimpleSystemManagerBackend.send_command = original_send
         ssm_models.Command.invocation_response = original_response
         ssm_models.Command._get_instance_ids_from_targets = original_targets
 

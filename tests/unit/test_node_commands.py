@@ -9,7 +9,7 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from lab import cloud  # the SSM seam: moto runs each command text through an executor (notes/moto.md)
+from lab import cloud  # the SSM seam: moto runs each rendered document through an executor (notes/moto.md)
 from slurm_multicluster import node_commands
 
 REGION = "us-east-1"
@@ -22,9 +22,10 @@ def compute_fleet():
         ec2 = boto3.client("ec2", region_name=REGION)
         ids = [i["InstanceId"] for i in ec2.run_instances(ImageId="ami-12c6146b", MinCount=120, MaxCount=120)["Instances"]]
 
-        def node(instance_id, region, text, timeout):
-            return 0, f'{{"ok": true, "changed": false, "node": "{instance_id}"}}\n', ""
+        def node(command):
+            return 0, f'{{"ok": true, "changed": false, "node": "{command.instance_id}"}}\n', ""
 
+        cloud.deploy_node_documents(REGION, {})
         with cloud.ssm_runs_on(node, routable=lambda instance_id: True) as sent:
             yield boto3.client("ssm", region_name=REGION), ids, sent
 
@@ -32,7 +33,7 @@ def compute_fleet():
 def test_a_fleet_of_120_is_sent_in_batches_of_at_most_50_and_every_node_answers(compute_fleet):
     ssm, ids, sent = compute_fleet
 
-    results = node_commands.run_script(ssm, ids, "discover-slurm.sh", [], timeout_seconds=60, comment="test")
+    results = node_commands.run_script(ssm, ids, "discover-slurm.sh", {}, timeout_seconds=60, comment="test")
 
     assert sorted(results) == sorted(ids)  # one result per node, none lost between batches
     assert all(r.ok and r.result["node"] == i for i, r in results.items())
@@ -44,6 +45,6 @@ def test_a_fleet_of_120_is_sent_in_batches_of_at_most_50_and_every_node_answers(
 def test_a_fleet_of_50_is_one_command(compute_fleet):
     ssm, ids, sent = compute_fleet
 
-    node_commands.run_script(ssm, ids[:50], "discover-slurm.sh", [], timeout_seconds=60, comment="test")
+    node_commands.run_script(ssm, ids[:50], "discover-slurm.sh", {}, timeout_seconds=60, comment="test")
 
     assert list(Counter(s["CommandId"] for s in sent).values()) == [50]

@@ -18,13 +18,15 @@ import base64
 import hashlib
 import json
 import os
-import shlex
 import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import boto3
+
+from lab.cloud import RunCommand
+from slurm_multicluster import ssm_documents
 
 _clients = threading.Lock()
 
@@ -90,10 +92,11 @@ class SimulatedFederation:
 
     # ---------------------------------------------------------------- the SSM executor
 
-    def execute(self, instance_id: str, region: str, text: str, timeout: int) -> tuple[int, str, str]:
-        node = self.nodes[instance_id]
-        argv = shlex.split(text.strip().splitlines()[-1])  # bash "$d/<script>" ARGS...
-        script, args = os.path.basename(argv[1]), argv[2:]
+    def execute(self, command: RunCommand) -> tuple[int, str, str]:
+        node = self.nodes[command.instance_id]
+        # the document says which script runs; its parameters become the script's arguments as its command builds them
+        script = ssm_documents.script_of(command.document_name)
+        args = ssm_documents.arguments(script, command.parameters)
         with self._lock:
             self.calls.append((time.monotonic(), node.name, script))
         handler = getattr(self, "_" + script.removesuffix(".sh").replace("-", "_"))

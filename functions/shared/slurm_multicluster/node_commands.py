@@ -1,26 +1,27 @@
 """Run the node scripts on cluster nodes through SSM Run Command and read their JSON result.
 
-The command text is plain and readable in the SSM console: it writes ``common.sh`` and the script into a
-private temp dir and runs the script with shell-quoted, pre-validated arguments. No secret ever goes into it.
+Each script is sent as its own SSM Command document (``slurm_multicluster.ssm_documents``) with typed
+parameters, checked here first and again by SSM against the document's patterns before any node sees them.
+The functions may send only these documents (template.yaml, NodeCommandPolicy). No secret ever goes into a
+parameter.
 """
 
 from __future__ import annotations
 
 import json
-import shlex
 import time
 from dataclasses import dataclass
-from importlib import resources
 from typing import Any
 
 from aws_lambda_powertools import Logger
 from botocore.exceptions import ClientError
 
+from slurm_multicluster import ssm_documents
 from slurm_multicluster.errors import NodeCommandFailed, NodeUnreachable
+from slurm_multicluster.settings import settings
 
 logger = Logger(child=True)
 
-SCRIPT_DELIMITER = "SLURM_MULTICLUSTER_SCRIPT"
 SSM_POLICY_HINT = (
     "add the AWS managed policy AmazonSSMManagedInstanceCore to the cluster's "
     "HeadNode/Iam/AdditionalIamPolicies (and SlurmQueues/Iam for compute nodes), update the cluster, "
@@ -28,31 +29,11 @@ SSM_POLICY_HINT = (
 )
 
 
-def script_text(name: str) -> str:
-    """The verbatim text of a node script shipped in this package."""
-    return resources.files("slurm_multicluster").joinpath("node_scripts", name).read_text()
-
-
-def build_command(script: str, args: list[str]) -> str:
-    """The AWS-RunShellScript text that runs ``script`` with ``args`` (already validated) on a node."""
-    for name in ("common.sh", script):
-        if SCRIPT_DELIMITER in script_text(name):
-            raise ValueError(f"{name} contains the heredoc delimiter")
-    quoted = " ".join(shlex.quote(arg) for arg in args)
-    return "\n".join(
-        [
-            "set -eu",
-            'd=$(mktemp -d)',
-            "trap 'rm -rf \"$d\"' EXIT",
-            f"cat > \"$d/common.sh\" <<'{SCRIPT_DELIMITER}'",
-            script_text("common.sh").rstrip("\n"),
-            SCRIPT_DELIMITER,
-            f"cat > \"$d/{script}\" <<'{SCRIPT_DELIMITER}'",
-            script_text(script).rstrip("\n"),
-            SCRIPT_DELIMITER,
-            f'bash "$d/{script}" {quoted}',
-        ]
-    )
+DOCUMENTS_HINT = (
+    "deploy node-documents.yaml in that region with the deployment's DeploymentId "
+    "(README, Deploy: every FederationRegions region other than the deployment's own)"
+)
+Parameters = dict[str, str | int | bool]  # a script's document parameters by name (ssm_documents)
 
 
 REDACTED_FIELDS = {"credential"}  # a munge credential authenticates for minutes: keep it out of logs
@@ -109,31 +90,42 @@ def send_script(
     ssm: Any,
     instance_ids: list[str],
     script: str,
-    args: list[str],
+    parameters: Parameters,
     *,
     timeout_seconds: int,
     comment: str,
+    deployment_id: str | None = None,
 ) -> SentCommand:
-    """Send a node script to every instance (one SSM command per 50 instances) without waiting for it."""
-    text = build_command(script, args)
+    """Send a node script's document, with ``parameters`` (checked first, InvalidInput), to every instance
+    (one SSM command per 50 instances) without waiting for it. The deployment id defaults to the settings'."""
+    document = ssm_documents.document_name(deployment_id or settings().deployment_id, script)
+    sent_parameters = ssm_documents.parameters(
+        script, {**parameters, ssm_documents.EXECUTION_TIMEOUT: str(timeout_seconds)})
     command_ids: dict[str, str] = {}
     for start in range(0, len(instance_ids), SEND_COMMAND_MAX_INSTANCES):
         batch = instance_ids[start:start + SEND_COMMAND_MAX_INSTANCES]
         try:
             command = ssm.send_command(
                 InstanceIds=batch,
-                DocumentName="AWS-RunShellScript",
+                DocumentName=document,
+                DocumentVersion="$LATEST",  # a stack update's new version at once, whichever is the default
                 Comment=comment[:100],
                 TimeoutSeconds=60,
-                Parameters={"commands": [text], "executionTimeout": [str(timeout_seconds)]},
+                Parameters=sent_parameters,
             )["Command"]
         except ClientError as error:
-            if error.response["Error"]["Code"] in ("InvalidInstanceId", "InvalidInstanceInformationFilterValue"):
+            code = error.response["Error"]["Code"]
+            if code in ("InvalidInstanceId", "InvalidInstanceInformationFilterValue"):
                 raise NodeUnreachable(
                     f"SSM cannot reach {', '.join(batch)} to run {script}: {SSM_POLICY_HINT}"
                 ) from error
+            if code == "InvalidDocument":
+                raise NodeUnreachable(
+                    f"SSM has no document {document} in {ssm.meta.region_name} to run {script}: {DOCUMENTS_HINT}"
+                ) from error
             raise
-        logger.info("sent node script", extra={"script": script, "command_id": command["CommandId"], "instances": batch})
+        logger.info("sent node script", extra={"script": script, "document": document,
+                                                "command_id": command["CommandId"], "instances": batch})
         command_ids.update(dict.fromkeys(batch, command["CommandId"]))
     return SentCommand(ssm, command_ids, script, instance_ids, timeout_seconds)
 
@@ -188,15 +180,17 @@ def run_script(
     ssm: Any,
     instance_ids: list[str],
     script: str,
-    args: list[str],
+    parameters: Parameters,
     *,
     timeout_seconds: int,
     comment: str,
+    deployment_id: str | None = None,
 ) -> dict[str, NodeResult]:
     """Run a node script on each instance (one SSM command per 50), wait for every invocation, return results."""
     if not instance_ids:
         return {}
-    return collect(send_script(ssm, instance_ids, script, args, timeout_seconds=timeout_seconds, comment=comment))
+    return collect(send_script(ssm, instance_ids, script, parameters, timeout_seconds=timeout_seconds,
+                               comment=comment, deployment_id=deployment_id))
 
 
 def raise_failures(script: str, results: dict[str, NodeResult]) -> dict[str, NodeResult]:
@@ -210,6 +204,7 @@ def raise_failures(script: str, results: dict[str, NodeResult]) -> dict[str, Nod
     return results
 
 
-def run_script_checked(ssm: Any, instance_ids: list[str], script: str, args: list[str], **kwargs: Any) -> dict[str, NodeResult]:
+def run_script_checked(ssm: Any, instance_ids: list[str], script: str, parameters: Parameters,
+                       **kwargs: Any) -> dict[str, NodeResult]:
     """Like run_script, but raise NodeCommandFailed naming every node whose script did not report ok."""
-    return raise_failures(script, run_script(ssm, instance_ids, script, args, **kwargs))
+    return raise_failures(script, run_script(ssm, instance_ids, script, parameters, **kwargs))

@@ -85,7 +85,7 @@ def read_slurm_settings(clients: ClientFactory, member: Member, config: Settings
 def head_slurm_settings(clients: ClientFactory, region: str, instance_id: str, cluster_name: str) -> SlurmSettings:
     """discover-slurm.sh on one head node (read-only): its live Slurm settings, validated."""
     results = node_commands.run_script_checked(
-        clients("ssm", region), [instance_id], "discover-slurm.sh", [],
+        clients("ssm", region), [instance_id], "discover-slurm.sh", {},
         timeout_seconds=120, comment=f"slurm-multicluster: read Slurm settings of {cluster_name}",
     )
     return SlurmSettings.model_validate(results[instance_id].result)
@@ -219,7 +219,7 @@ def sync_munge_key(clients: ClientFactory, the_plan: Plan, members: list[Member]
             clients("ssm", accounting.region),
             [accounting.head_node.instance_id],
             "upload-munge-key.sh",
-            ["--secret-id", arn, "--region", accounting.region],
+            {"SecretId": arn, "Region": accounting.region},
             timeout_seconds=120,
             comment=f"slurm-multicluster: store {accounting.cluster_name}'s munge key as the federation key",
         )
@@ -230,12 +230,12 @@ def sync_munge_key(clients: ClientFactory, the_plan: Plan, members: list[Member]
     if not the_plan.munge_key.install_on_head:
         return outcome
     ssm = clients("ssm", new.region)
-    common = ["--secret-id", arn, "--region", accounting.region, "--expect-sha256", the_plan.munge_key.expected_sha256,
-              "--backup-id", execution]
+    common = {"SecretId": arn, "Region": accounting.region, "ExpectSha256": the_plan.munge_key.expected_sha256,
+              "BackupId": execution}
     # When the accounting settings change next, set-accounting.sh restarts slurmctld: once is enough.
-    restart = [] if the_plan.accounting and the_plan.accounting.change else ["--restart", "slurmctld"]
+    restart = "" if the_plan.accounting and the_plan.accounting.change else "slurmctld"
     node_commands.run_script_checked(
-        ssm, [new.head_node.instance_id], "install-munge-key.sh", [*common, "--shared-dirs", *restart],
+        ssm, [new.head_node.instance_id], "install-munge-key.sh", {**common, "SharedDirs": True, "Restart": restart},
         timeout_seconds=config.node_command_timeout_seconds,
         comment=f"slurm-multicluster: install the federation munge key on {new.cluster_name} head node",
     )
@@ -243,8 +243,8 @@ def sync_munge_key(clients: ClientFactory, the_plan: Plan, members: list[Member]
     if the_plan.munge_key.install_on_instances:
         node_commands.run_script_checked(
             ssm, the_plan.munge_key.install_on_instances, "install-munge-key.sh",
-            ["--from-shared-dir", "--expect-sha256", the_plan.munge_key.expected_sha256, "--backup-id", execution,
-             "--restart", "slurmd"],
+            {"FromSharedDir": True, "ExpectSha256": the_plan.munge_key.expected_sha256, "BackupId": execution,
+             "Restart": "slurmd"},
             timeout_seconds=config.node_command_timeout_seconds,
             comment=f"slurm-multicluster: install the federation munge key on {new.cluster_name} compute nodes",
         )
@@ -257,11 +257,10 @@ def point_accounting(clients: ClientFactory, the_plan: Plan, members: list[Membe
     if the_plan.accounting is None:
         return {"changed": False, "reason": "the cluster is the accounting cluster"}
     new = _member(members, the_plan.cluster_name)
-    args = ["--host", v.ipv4(the_plan.accounting.host), "--port", str(the_plan.accounting.port), "--backup-id", execution]
-    if the_plan.accounting.stop_local_slurmdbd:
-        args.append("--stop-local-slurmdbd")
+    parameters = {"Host": v.ipv4(the_plan.accounting.host), "Port": str(the_plan.accounting.port),
+                  "BackupId": execution, "StopLocalSlurmdbd": the_plan.accounting.stop_local_slurmdbd}
     results = node_commands.run_script_checked(
-        clients("ssm", new.region), [new.head_node.instance_id], "set-accounting.sh", args,
+        clients("ssm", new.region), [new.head_node.instance_id], "set-accounting.sh", parameters,
         timeout_seconds=config.node_command_timeout_seconds,
         comment=f"slurm-multicluster: point {new.cluster_name} at the federation slurmdbd",
     )
@@ -284,7 +283,7 @@ def verify(clients: ClientFactory, the_plan: Plan, members: list[Member], config
     in_flight = {
         name: node_commands.send_script(
             clients("ssm", member.region), [member.head_node.instance_id], "verify-member.sh",
-            ["--peers", ",".join(peers[name]), "--deadline", str(deadline)],
+            {"Peers": ",".join(peers[name]), "Deadline": str(deadline)},
             timeout_seconds=deadline + 60,
             comment=f"slurm-multicluster: verify {name} reaches {', '.join(peers[name])}",
         )
@@ -314,7 +313,7 @@ def verification_peers(new: Member, accounting: Member, members: list[Member]) -
     ]
 
 
-def _on_heads(clients: ClientFactory, heads: list[Member], script: str, args_for: Callable[[Member], list[str]],
+def _on_heads(clients: ClientFactory, heads: list[Member], script: str, args_for: Callable[[Member], node_commands.Parameters],
               what: str) -> dict[str, node_commands.NodeResult]:
     """Run a script on several head nodes at once; results by cluster name."""
     sent = {
@@ -328,13 +327,13 @@ def _on_heads(clients: ClientFactory, heads: list[Member], script: str, args_for
 
 def _munge_round_trips(clients: ClientFactory, heads: list[Member]) -> dict[str, bool]:
     """A credential made on each head node must decode on the next one (and the last on the first)."""
-    encoded = _on_heads(clients, heads, "munge-credential.sh", lambda m: ["encode"], "munge credential")
+    encoded = _on_heads(clients, heads, "munge-credential.sh", lambda m: {"Mode": "encode"}, "munge credential")
     node_commands.raise_failures("munge-credential.sh encode", {r.instance_id: r for r in encoded.values()})
     source_of = {target.cluster_name: heads[i - 1] for i, target in enumerate(heads)}
     credentials = {name: v.require(v.MUNGE_CREDENTIAL, encoded[source_of[name].cluster_name].result.get("credential"),
                                    "munge credential") for name in source_of}
     decoded = _on_heads(clients, heads, "munge-credential.sh",
-                        lambda m: ["decode", "--credential", credentials[m.cluster_name]], "decode a peer's credential")
+                        lambda m: {"Mode": "decode", "Credential": credentials[m.cluster_name]}, "decode a peer's credential")
     outcome = {}
     for target, result in decoded.items():
         source = source_of[target].cluster_name
@@ -355,7 +354,7 @@ def restore_backups(clients: ClientFactory, request: PairingRequest, members: li
     # Head node first: compute nodes copy the key from its shared dir.
     for instance_ids in ([new.head_node.instance_id], new.compute_instance_ids + new.login_instance_ids):
         results = node_commands.run_script(
-            ssm, instance_ids, "restore-backup.sh", ["--backup-id", request.execution_name],
+            ssm, instance_ids, "restore-backup.sh", {"BackupId": request.execution_name},
             timeout_seconds=config.node_command_timeout_seconds,
             comment=f"slurm-multicluster: roll back {new.cluster_name} ({request.execution_name})",
         )

@@ -256,8 +256,8 @@ def create_pending_key(clients: ClientFactory, state: RotationState, config: Set
         clients("ssm", accounting.region),
         [accounting.head_node.instance_id],
         "create-pending-munge-key.sh",
-        ["--secret-id", plan.secret_arn, "--region", plan.secret_region, "--version-id", request.version_id,
-         "--key-bytes", str(config.munge_key_bytes)],
+        {"SecretId": plan.secret_arn, "Region": plan.secret_region, "VersionId": request.version_id,
+         "KeyBytes": str(config.munge_key_bytes)},
         timeout_seconds=120,
         comment=f"slurm-multicluster: new munge key for {plan.federation} on {accounting.cluster_name}",
     )[accounting.head_node.instance_id].result
@@ -293,17 +293,17 @@ def stage_member(clients: ClientFactory, step: MemberStep, config: Settings) -> 
     if pending is None:
         raise InvalidInput("StageMemberKey needs the pending key")
     ssm = clients("ssm", member.region)
-    common = ["--expect-sha256", pending.sha256, "--backup-id", step.request.execution_name]
+    common = {"ExpectSha256": pending.sha256, "BackupId": step.request.execution_name}
     nodes = _node_summary(node_commands.run_script_checked(
         ssm, [member.head_node.instance_id], "stage-munge-key.sh",
-        ["--secret-id", step.plan.secret_arn, "--region", step.plan.secret_region, "--version-stage", "AWSPENDING",
-         *common, "--shared-dirs"],
+        {"SecretId": step.plan.secret_arn, "Region": step.plan.secret_region, "VersionStage": "AWSPENDING",
+         **common, "SharedDirs": True},
         timeout_seconds=config.node_command_timeout_seconds,
         comment=f"slurm-multicluster: stage the pending munge key on {member.cluster_name} head node",
     ))
     if _other_nodes(member):  # they copy what the head node staged in its NFS-shared munge dir
         nodes.update(_node_summary(node_commands.run_script_checked(
-            ssm, _other_nodes(member), "stage-munge-key.sh", ["--from-shared-dir", *common],
+            ssm, _other_nodes(member), "stage-munge-key.sh", {"FromSharedDir": True, **common},
             timeout_seconds=config.node_command_timeout_seconds,
             comment=f"slurm-multicluster: stage the pending munge key on {member.cluster_name} compute nodes",
         )))
@@ -316,17 +316,17 @@ def switch_member(clients: ClientFactory, step: MemberStep, config: Settings) ->
     if pending is None:
         raise InvalidInput("SwitchMember needs the pending key")
     ssm = clients("ssm", member.region)
-    common = ["--from-staged", "--expect-sha256", pending.sha256, "--backup-id", step.request.execution_name]
+    common = {"FromStaged": True, "ExpectSha256": pending.sha256, "BackupId": step.request.execution_name}
     try:
         nodes = _node_summary(node_commands.run_script_checked(
             ssm, [member.head_node.instance_id], "install-munge-key.sh",
-            [*common, "--shared-dirs", "--restart", "slurmdbd,slurmctld"],
+            {**common, "SharedDirs": True, "Restart": "slurmdbd,slurmctld"},
             timeout_seconds=config.node_command_timeout_seconds,
             comment=f"slurm-multicluster: switch {member.cluster_name} head node to the new munge key",
         ))
         if _other_nodes(member):
             nodes.update(_node_summary(node_commands.run_script_checked(
-                ssm, _other_nodes(member), "install-munge-key.sh", [*common, "--restart", "slurmd"],
+                ssm, _other_nodes(member), "install-munge-key.sh", {**common, "Restart": "slurmd"},
                 timeout_seconds=config.node_command_timeout_seconds,
                 comment=f"slurm-multicluster: switch {member.cluster_name} compute nodes to the new munge key",
             )))
@@ -380,9 +380,9 @@ def verify_federation(clients: ClientFactory, test: FederationCheck, config: Set
 
     def verify(member: Member) -> Callable[[], dict[str, Any]]:
         peers = [name for cluster, name in names.items() if cluster != member.cluster_name]
-        args = ["--peers", ",".join(peers), "--deadline", deadline]
+        parameters = {"Peers": ",".join(peers), "Deadline": deadline}
         return lambda: node_commands.run_script(
-            ssm[member.region], [member.head_node.instance_id], "verify-member.sh", args,
+            ssm[member.region], [member.head_node.instance_id], "verify-member.sh", parameters,
             timeout_seconds=int(deadline) + 60,
             comment=f"slurm-multicluster: test {member.cluster_name} in federation {member.federation}",
         )[member.head_node.instance_id].result
@@ -405,7 +405,7 @@ def verify_federation(clients: ClientFactory, test: FederationCheck, config: Set
     else:
         only = members[0]
         result = node_commands.run_script(
-            clients("ssm", only.region), [only.head_node.instance_id], "discover-slurm.sh", [],
+            clients("ssm", only.region), [only.head_node.instance_id], "discover-slurm.sh", {},
             timeout_seconds=120, comment=f"slurm-multicluster: test {only.cluster_name}",
         )[only.head_node.instance_id].result
         if result.get("mungeKeySha256") != test.expect_sha256 or not result.get("mungeActive"):
@@ -426,7 +426,7 @@ def _munge_ring(ssm: dict[str, Any], members: list[Member], problems: list[str])
 
     def encode(member: Member) -> Callable[[], str]:
         return lambda: v.require(v.MUNGE_CREDENTIAL, node_commands.run_script_checked(
-            ssm[member.region], [member.head_node.instance_id], "munge-credential.sh", ["encode"],
+            ssm[member.region], [member.head_node.instance_id], "munge-credential.sh", {"Mode": "encode"},
             timeout_seconds=60, comment=f"slurm-multicluster: munge credential from {member.cluster_name}",
         )[member.head_node.instance_id].result.get("credential"), "munge credential")
 
@@ -435,7 +435,7 @@ def _munge_ring(ssm: dict[str, Any], members: list[Member], problems: list[str])
     def decode(source: Member, target: Member) -> Callable[[], dict[str, Any]]:
         return lambda: node_commands.run_script(
             ssm[target.region], [target.head_node.instance_id], "munge-credential.sh",
-            ["decode", "--credential", credentials[source.cluster_name]], timeout_seconds=60,
+            {"Mode": "decode", "Credential": credentials[source.cluster_name]}, timeout_seconds=60,
             comment=f"slurm-multicluster: decode {source.cluster_name}'s credential on {target.cluster_name}",
         )[target.head_node.instance_id].result
 
@@ -517,7 +517,7 @@ def roll_back_member(clients: ClientFactory, step: MemberStep, config: Settings)
     """
     member = step.member
     ssm = clients("ssm", member.region)
-    args = ["--backup-id", step.request.execution_name, "--restart-failed"]
+    parameters = {"BackupId": step.request.execution_name, "RestartFailed": True}
     nodes: dict[str, Any] = {}
     failures: list[str] = []
     for instance_ids, what in (([member.head_node.instance_id], "head node"), (_other_nodes(member), "compute nodes")):
@@ -525,7 +525,7 @@ def roll_back_member(clients: ClientFactory, step: MemberStep, config: Settings)
             continue
         try:
             results = node_commands.run_script(
-                ssm, instance_ids, "restore-backup.sh", args,
+                ssm, instance_ids, "restore-backup.sh", parameters,
                 timeout_seconds=config.node_command_timeout_seconds,
                 comment=f"slurm-multicluster: switch {member.cluster_name} {what} back to the previous munge key",
             )

@@ -167,8 +167,8 @@ def detach_departing(clients: ClientFactory, request: PairingRequest, departure:
             "Database) or set AccountingStorageType=accounting_storage/none")}
     results = node_commands.run_script_checked(
         clients("ssm", departure.region), [departure.head_instance_id], "set-accounting.sh",
-        ["--host", departure.head_node_ip, "--port", str(own.dbd_port or 6819), "--start-local-slurmdbd",
-         "--backup-id", request.execution_name],
+        {"Host": departure.head_node_ip, "Port": str(own.dbd_port or 6819), "StartLocalSlurmdbd": True,
+         "BackupId": request.execution_name},
         timeout_seconds=config.node_command_timeout_seconds,
         comment=f"slurm-multicluster: {departure.cluster_name} leaves: back to its own slurmdbd",
     )
@@ -195,7 +195,7 @@ def remove_from_accounting(clients: ClientFactory, request: PairingRequest, depa
         return {"action": "none", "reason": f"{departure.cluster_name} is not registered in the federation's accounting"}
     results = node_commands.run_script_checked(
         clients("ssm", head.region), [head.head_node.instance_id], "remove-from-accounting.sh",
-        ["--cluster", name, "--backup-id", request.execution_name],
+        {"Cluster": name, "BackupId": request.execution_name},
         timeout_seconds=180,
         comment=f"slurm-multicluster: remove {name} from {head.cluster_name}'s accounting",
     )
