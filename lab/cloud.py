@@ -143,6 +143,12 @@ def deploy(region: str, parameters: dict[str, str] | None = None, stack: str = "
                 AttributeDefinitions=props["AttributeDefinitions"], KeySchema=props["KeySchema"],
             )
             refs[logical] = name
+        if resource["Type"] == "AWS::KMS::Key":  # the munge key secrets' key: functions get its ARN
+            key = boto3.client("kms", region_name=region).create_key(
+                Description=str(resolve(resource["Properties"].get("Description", ""))),
+                Policy=json.dumps(resolve(resource["Properties"]["KeyPolicy"])),
+            )["KeyMetadata"]
+            refs[logical], attrs[(logical, "Arn")] = key["KeyId"], key["Arn"]
         if resource["Type"] == "AWS::Serverless::StateMachine":  # known before it exists: functions may refer to it
             arn = f"arn:aws:states:{region}:{ACCOUNT_ID}:stateMachine:{stack}-{logical}"
             refs[logical], attrs[(logical, "Arn")], attrs[(logical, "Name")] = arn, arn, f"{stack}-{logical}"

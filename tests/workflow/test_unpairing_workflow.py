@@ -19,6 +19,7 @@ from slurm_multicluster.aws import client
 from slurm_multicluster.models import SlurmSettings
 from slurm_multicluster.settings import Settings
 from workflow.conftest import FEDERATION_TAGS, REGION
+from workflow.test_pairing_secret import deployment_key_arn
 
 FEDERATION_KEY = "slurm-multicluster:federation"
 ACCOUNTING_TAGS = {**FEDERATION_TAGS, "slurm-multicluster:role": "accounting"}
@@ -45,7 +46,8 @@ def federation(moto_aws):
     for member in members:
         ingress.authorize(ec2_for, ingress.plan_rules(member, members), "hpc", f"pair-{member.cluster_name}")
     secrets = client("secretsmanager", REGION)
-    arn, _ = munge_secret.ensure_secret(secrets, SECRET, "hpc", FEDERATION_KEY)
+    ours = config.model_copy(update={"munge_key_kms_key_arn": deployment_key_arn(moto_aws.deployment)})
+    arn, _ = munge_secret.ensure_secret(secrets, SECRET, "hpc", ours)
     munge_secret.set_access(secrets, arn, members)
     return clusters
 

@@ -2,6 +2,8 @@
 
 Lambdas only create the (empty) secret and manage who may read it; key bytes are written and read by the
 node scripts with the head nodes' own roles, so they never pass through Lambda, Step Functions or SSM.
+The product only ever uses a secret it created itself (its deployment tag, its KMS key): a secret of the same
+name made by someone else would hand them the key, so it is refused before anything changes.
 """
 
 from __future__ import annotations
@@ -12,9 +14,13 @@ from typing import Any
 from aws_lambda_powertools import Logger
 from botocore.exceptions import ClientError
 
+from slurm_multicluster.errors import PrerequisiteFailed
 from slurm_multicluster.models import Member
+from slurm_multicluster.settings import Settings
 
 logger = Logger(child=True)
+
+KEY_ACTIONS = ["secretsmanager:GetSecretValue", "secretsmanager:PutSecretValue", "secretsmanager:UpdateSecret"]
 
 
 def describe(secretsmanager: Any, name: str) -> dict[str, Any] | None:
@@ -33,25 +39,74 @@ def current_version(described: dict[str, Any]) -> str | None:
                  if "AWSCURRENT" in labels), None)
 
 
-def ensure_secret(secretsmanager: Any, name: str, federation: str, tag_key: str) -> tuple[str, bool]:
-    """(ARN, has an AWSCURRENT value) of the federation secret, creating it empty when missing."""
+def _same_key(described_key: str | None, our_key_arn: str) -> bool:
+    # DescribeSecret answers with the id the secret was created with: our key's ARN, or its bare key id.
+    return bool(described_key) and described_key in (our_key_arn, our_key_arn.rsplit("/", 1)[-1])
+
+
+def foreign_reason(described: dict[str, Any], config: Settings) -> str | None:
+    """Why a DescribeSecret answer is not a secret this deployment created (None when it is ours)."""
+    tags = {t["Key"]: t["Value"] for t in described.get("Tags", [])}
+    tag = tags.get(config.deployment_tag_key)
+    if tag != config.deployment_id:
+        return (f"it has no {config.deployment_tag_key} tag" if tag is None
+                else f"its {config.deployment_tag_key} tag is {tag!r}, not this deployment's {config.deployment_id!r}")
+    if not _same_key(described.get("KmsKeyId"), config.munge_key_kms_key_arn):
+        return (f"it is encrypted with {described.get('KmsKeyId') or 'the default aws/secretsmanager key'}, "
+                f"not this deployment's key {config.munge_key_kms_key_arn}")
+    return None
+
+
+def check_ours(secretsmanager: Any, name: str, config: Settings) -> dict[str, Any] | None:
+    """The secret's DescribeSecret when it exists and this deployment created it, None when it does not exist yet;
+    PrerequisiteFailed (naming the secret, why, and what to do) when someone else made it. Changes nothing."""
+    if not config.munge_key_kms_key_arn:
+        raise PrerequisiteFailed("MUNGE_KEY_KMS_KEY_ARN is not set: deploy the template (it creates MungeKeyEncryptionKey)")
+    region = getattr(getattr(secretsmanager, "meta", None), "region_name", None)
+    key_region = config.munge_key_kms_key_arn.split(":")[3]
+    if region and region != key_region:
+        raise PrerequisiteFailed(
+            f"the federation secret {name} belongs in {region} (the accounting cluster's region) but this deployment's "
+            f"KMS key is in {key_region}: deploy slurm-multicluster in {region}, the accounting cluster's region")
     described = describe(secretsmanager, name)
+    if described is None:
+        return None
+    why = foreign_reason(described, config)
+    if why:
+        raise PrerequisiteFailed(
+            f"the federation secret {name} ({described['ARN']}) was not created by slurm-multicluster deployment "
+            f"{config.deployment_id}: {why}. Nothing was changed and no key was written to it. Whoever created it may "
+            "be able to read what is stored in it: find out who did (CloudTrail CreateSecret); if it is not needed, "
+            "delete it (aws secretsmanager delete-secret --force-delete-without-recovery) and run the pairing again, "
+            "which creates the secret itself")
+    return described
+
+
+def ensure_secret(secretsmanager: Any, name: str, federation: str, config: Settings) -> tuple[str, bool]:
+    """(ARN, has an AWSCURRENT value) of the federation secret, creating it empty when missing: tagged with this
+    deployment and the federation, encrypted with the deployment's KMS key. A secret someone else created is
+    refused (PrerequisiteFailed) untouched."""
+    described = check_ours(secretsmanager, name, config)
     if described is None:
         created = secretsmanager.create_secret(
             Name=name,
             Description=f"Munge key shared by the Slurm federation {federation} (base64, ParallelCluster MungeKeySecretArn format)",
-            Tags=[{"Key": tag_key, "Value": federation}],
+            KmsKeyId=config.munge_key_kms_key_arn,
+            Tags=[{"Key": config.deployment_tag_key, "Value": config.deployment_id},
+                  {"Key": config.federation_tag_key, "Value": federation}],
         )
         logger.info("created federation secret", extra={"secret": name})
         return created["ARN"], False
     return described["ARN"], current_version(described) is not None
 
 
-def access_policy(secret_arn: str, members: list[Member]) -> dict[str, Any]:
-    """Resource policy: the accounting head node role may write the key; every member head node role may read it."""
+def access_policy(secret_arn: str, members: list[Member], break_glass_role_arn: str = "") -> dict[str, Any]:
+    """Resource policy: every given member's head node role may read the key, the accounting one may write it, and
+    every other principal (but the optional break-glass role) is denied reading, writing and re-keying it, whatever
+    its identity policies say. No member -> a policy that denies everyone (but break-glass)."""
     writers = sorted({m.head_node.role_arn for m in members if m.is_accounting and m.head_node.role_arn})
     readers = sorted({m.head_node.role_arn for m in members if m.head_node.role_arn})
-    statements = []
+    statements: list[dict[str, Any]] = []
     if readers:
         statements.append(
             {
@@ -72,7 +127,30 @@ def access_policy(secret_arn: str, members: list[Member]) -> dict[str, Any]:
                 "Resource": secret_arn,
             }
         )
+    exempt = sorted({*readers, *([break_glass_role_arn] if break_glass_role_arn else [])})
+    deny: dict[str, Any] = {
+        "Sid": "NobodyElseTouchesMungeKey",
+        "Effect": "Deny",
+        "Principal": {"AWS": "*"},
+        "Action": KEY_ACTIONS,
+        "Resource": secret_arn,
+    }
+    if exempt:  # aws:PrincipalArn is the role ARN for any session of that role (NotPrincipal would need each session)
+        deny["Condition"] = {"StringNotEquals": {"aws:PrincipalArn": exempt}}
+    statements.append(deny)
     return {"Version": "2012-10-17", "Statement": statements}
+
+
+def readers(policy_text: str | None) -> list[str]:
+    """The head node roles a resource policy of ours lets read the key."""
+    statements = json.loads(policy_text)["Statement"] if policy_text else []
+    principals = [s["Principal"]["AWS"] for s in statements if s.get("Sid") == "MemberHeadNodesReadMungeKey"]
+    return sorted({arn for p in principals for arn in ([p] if isinstance(p, str) else p)})
+
+
+def current_readers(secretsmanager: Any, secret_arn: str) -> list[str]:
+    """The head node roles the secret's resource policy lets read the key now (GetResourcePolicy: no value)."""
+    return readers(secretsmanager.get_resource_policy(SecretId=secret_arn).get("ResourcePolicy"))
 
 
 def secret_arn(secretsmanager: Any, name: str) -> str | None:
@@ -81,13 +159,11 @@ def secret_arn(secretsmanager: Any, name: str) -> str | None:
     return described["ARN"] if described else None
 
 
-def set_access(secretsmanager: Any, secret_arn: str, members: list[Member]) -> list[str]:
+def set_access(secretsmanager: Any, secret_arn: str, members: list[Member], break_glass_role_arn: str = "") -> list[str]:
     """Make the resource policy grant exactly ``members``' head node roles (computed, not appended, so a member
-    that left loses access); no role left -> no policy. Returns the reader role ARNs."""
-    policy = access_policy(secret_arn, members)
-    if policy["Statement"]:
-        secretsmanager.put_resource_policy(SecretId=secret_arn, ResourcePolicy=json.dumps(policy))
-    else:
-        secretsmanager.delete_resource_policy(SecretId=secret_arn)
+    that left loses access) and deny everyone else; no role left -> a policy that denies everyone, never no policy.
+    Returns the reader role ARNs."""
+    policy = access_policy(secret_arn, members, break_glass_role_arn)
+    secretsmanager.put_resource_policy(SecretId=secret_arn, ResourcePolicy=json.dumps(policy), BlockPublicPolicy=True)
     logger.info("secret access set", extra={"secret": secret_arn, "members": [m.cluster_name for m in members]})
     return sorted({m.head_node.role_arn for m in members if m.head_node.role_arn})

@@ -149,6 +149,8 @@ def plan(clients: ClientFactory, request: PairingRequest, members: list[Member],
     assert new.slurm and accounting.slurm
     rules = ingress.missing_rules(lambda region: clients("ec2", region), ingress.plan_rules(new, members))
     secret_name = config.munge_key_secret_name(new.federation)
+    # A same-named secret someone else made would be handed the key: refuse before anything changes.
+    munge_secret.check_ours(clients("secretsmanager", accounting.region), secret_name, config)
     expected = accounting.slurm.munge_key_sha256
     install = new.slurm.munge_key_sha256 != expected
     restarts = []
@@ -211,8 +213,9 @@ def sync_munge_key(clients: ClientFactory, the_plan: Plan, members: list[Member]
     new = _member(members, the_plan.cluster_name)
     accounting = _member(members, the_plan.accounting_cluster)
     secrets = clients("secretsmanager", accounting.region)
-    arn, has_value = munge_secret.ensure_secret(secrets, the_plan.munge_key.secret_name, the_plan.federation, config.federation_tag_key)
-    munge_secret.set_access(secrets, arn, members)
+    arn, has_value = munge_secret.ensure_secret(secrets, the_plan.munge_key.secret_name, the_plan.federation, config)
+    # The new member reads the key to install it; RestoreSecretAccess takes that back if the pairing rolls back.
+    munge_secret.set_access(secrets, arn, [*key_holders(members, accounting), new], config.break_glass_role_arn)
     outcome: dict[str, Any] = {"secretArn": arn, "uploaded": False, "installedOn": []}
     if not has_value:
         results = node_commands.run_script_checked(
@@ -363,6 +366,34 @@ def restore_backups(clients: ClientFactory, request: PairingRequest, members: li
     if failed:
         raise node_commands.NodeCommandFailed(f"restore-backup.sh failed on {', '.join(failed)}")
     return restored
+
+
+def key_holders(members: list[Member], accounting: Member) -> list[Member]:
+    """The members that run the federation's key (the accounting cluster's), as ReadSlurmSettings found them
+    before this execution changed anything: exactly the head node roles the secret lets read it."""
+    assert accounting.slurm
+    return [m for m in members if m.stack_id == accounting.stack_id
+            or (m.slurm and m.slurm.munge_key_sha256 == accounting.slurm.munge_key_sha256)]
+
+
+def restore_secret_access(clients: ClientFactory, request: PairingRequest, members: list[Member],
+                          config: Settings) -> dict[str, Any]:
+    """Compensation: the secret's readers go back to the members that ran the federation key before this execution
+    (a new member that did not loses the read access SyncMungeKey gave it). A missing or foreign secret is left alone."""
+    accounting = [m for m in members if m.is_accounting]
+    if len(accounting) != 1 or accounting[0].slurm is None:
+        return {"changed": False, "reason": "no single accounting cluster: SyncMungeKey cannot have run"}
+    secrets = clients("secretsmanager", accounting[0].region)
+    name = config.munge_key_secret_name(accounting[0].federation)
+    try:
+        described = munge_secret.check_ours(secrets, name, config)
+    except PrerequisiteFailed as refused:
+        return {"changed": False, "reason": str(refused)}
+    if described is None:
+        return {"changed": False, "reason": f"no secret {name}"}
+    readers = munge_secret.set_access(secrets, described["ARN"], key_holders(members, accounting[0]),
+                                      config.break_glass_role_arn)
+    return {"changed": True, "secret": described["ARN"], "readers": readers}
 
 
 def revoke_added_ingress(clients: ClientFactory, request: PairingRequest, members: list[Member]) -> list[AddedRule]:

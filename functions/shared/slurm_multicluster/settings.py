@@ -10,12 +10,15 @@ class Settings(BaseModel):
     """What the template parameters configure; every function reads the same names."""
 
     deployment_id: str = "default"  # namespaces everything this deployment owns (DeploymentId parameter)
+    deployment_tag_key: str = "slurm-multicluster:deployment"  # on the secrets this deployment created itself
     federation_tag_key: str = "slurm-multicluster:federation"
     role_tag_key: str = "slurm-multicluster:role"
     accounting_role: str = "accounting"
     deployment_region: str = ""
     federation_regions: list[str] = Field(default_factory=list)
     secret_name_prefix: str = "slurm-multicluster"
+    munge_key_kms_key_arn: str = ""  # MungeKeyEncryptionKey: the only key a federation secret of ours is encrypted with
+    break_glass_role_arn: str = ""  # the one role besides member head nodes the secret policy does not deny
     idempotency_table: str = ""
     node_command_timeout_seconds: int = 600
     verify_deadline_seconds: int = 120
@@ -45,6 +48,8 @@ def settings() -> Settings:
         deployment_region=env.get("AWS_REGION", ""),
         federation_regions=[r.strip() for r in env.get("FEDERATION_REGIONS", "").split(",") if r.strip()],
         secret_name_prefix=env.get("SECRET_NAME_PREFIX", "slurm-multicluster"),
+        munge_key_kms_key_arn=env.get("MUNGE_KEY_KMS_KEY_ARN", ""),
+        break_glass_role_arn=env.get("BREAK_GLASS_ROLE_ARN", ""),
         idempotency_table=env.get("IDEMPOTENCY_TABLE", ""),
         node_command_timeout_seconds=int(env.get("NODE_COMMAND_TIMEOUT_SECONDS", "600")),
         verify_deadline_seconds=int(env.get("VERIFY_DEADLINE_SECONDS", "120")),

@@ -138,10 +138,17 @@ def update_secret_access(clients: ClientFactory, departure: Departure, remaining
     region = accounting[0].region if accounting else departure.region
     secrets = clients("secretsmanager", region)
     name = config.munge_key_secret_name(departure.federation)
-    arn = munge_secret.secret_arn(secrets, name)
-    if arn is None:
+    described = munge_secret.describe(secrets, name)
+    if described is None:
         return {"secret": None, "readers": [], "reason": f"no secret {name} in {region}"}
-    readers = munge_secret.set_access(secrets, arn, remaining)
+    foreign = munge_secret.foreign_reason(described, config)
+    if foreign:  # the pairing refuses such a secret: it never held the key, and it is not ours to change
+        return {"secret": described["ARN"], "readers": [], "reason": f"left alone, not created by this deployment: {foreign}"}
+    arn = described["ARN"]
+    # Only roles that could read before keep reading: a tagged cluster whose pairing failed gains nothing here.
+    could_read = set(munge_secret.current_readers(secrets, arn))
+    staying = [m for m in remaining if m.head_node.role_arn in could_read]
+    readers = munge_secret.set_access(secrets, arn, staying, config.break_glass_role_arn)
     return {"secret": arn, "readers": readers}
 
 
