@@ -146,8 +146,14 @@ def lab_cloud(
     region: str = "us-east-1",
     cluster_regions: dict[str, str] | None = None,
     parameters: dict[str, str] | None = None,
+    admit: dict[str, str | None] | None = None,
 ) -> Iterator[LabCloud]:
-    """moto + the deployed template + the lab's clusters mirrored with ``tags`` (cluster -> stack tags)."""
+    """moto + the deployed template + the lab's clusters mirrored with ``tags`` (cluster -> stack tags).
+
+    ``admit`` (cluster -> "accounting" | "member" | None) is what the administrator writes in the registry for
+    each cluster; a cluster not named there is admitted as its tags say (lab.parallelcluster.create_cluster's
+    "auto": every tagged cluster admitted, the one with the lab's accounting marker as the accounting cluster).
+    """
     from slurm_multicluster import aws
 
     with ExitStack() as stack:
@@ -175,7 +181,8 @@ def lab_cloud(
             computes = [n for n in lab.computes(spec.name) if lab.is_booted(n.name)]
             logins = lab.logins(spec.name)
             mirror = create_cluster(networks[cluster_region], spec.name, head.ip, [n.ip for n in computes],
-                                    tags.get(spec.name), login_ips=[n.ip for n in logins])
+                                    tags.get(spec.name), login_ips=[n.ip for n in logins],
+                                    admit=(admit or {}).get(spec.name, "auto"))
             clusters[spec.name] = mirror
             node_of_instance[mirror.head_instance_id] = head.name
             node_of_instance.update(zip(mirror.compute_instance_ids, (n.name for n in computes)))

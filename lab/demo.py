@@ -4,10 +4,12 @@ Steps (each printed with its elapsed time):
  1. bring up alpha (accounting: slurmdbd + MariaDB) and beta, each with a head node, a compute node and a login
     node, and its OWN munge key, on Slurm 24.11 (ParallelCluster 3.14's; --slurm for 22.05 or 26.05);
  2. show they are separate: beta's users cannot submit to alpha, alpha's munge credentials do not decode on beta;
- 3. deploy template.yaml into moto, mirror both clusters as ParallelCluster stacks (alpha tagged as the
-    federation's accounting cluster, beta as a member);
- 4. deliver beta's CloudFormation CREATE_COMPLETE event: the EventBridge rule starts the real state machine,
-    whose real Lambdas run the real node scripts on the lab nodes through SSM; every state is printed;
+ 3. deploy template.yaml into moto, mirror both clusters as ParallelCluster stacks tagged into federation hpc
+    (their request to join); beta's CREATE_COMPLETE then ends as "not admitted", changing nothing;
+ 4. as the administrator, declare the federation in the registry (alpha's StackId as its accounting cluster) and
+    admit beta by its StackId: the registry's "Parameter Store Change" event starts the real pairing state
+    machine through the template's EventBridge rule, whose real Lambdas run the product's SSM documents on the
+    lab nodes; every state is printed;
  5. show `sacctmgr show clusters` listing both, a job submitted on alpha with `sbatch --clusters=beta` running
     and completing on beta's compute node, and beta still running its own jobs, all submitted from the clusters'
     login nodes, where users work.
@@ -24,9 +26,10 @@ import sys
 import time
 from pathlib import Path
 
-from lab import roots
+from lab import cloud, roots
 from lab.bridge import lab_cloud
 from lab.core import ClusterSpec, Lab, LabError
+from lab.parallelcluster import admit_cluster, declare_federation, parameter_change_event
 
 FEDERATION = "demo"
 START = time.monotonic()
@@ -88,15 +91,24 @@ def demo(keep: bool, slurm: str) -> int:
         decoded = lab.exec("beta-head", ["unmunge"], input=credential)
         say("   alpha munge -n | beta unmunge", f"exit {decoded.returncode}: {decoded.stderr.strip() or decoded.stdout.splitlines()[0]}")
 
-        tags = {
-            "alpha": {"slurm-multicluster:federation": FEDERATION, "slurm-multicluster:role": "accounting"},
+        tags = {  # each cluster's request to join (ParallelCluster `Tags:`); the registry decides
+            "alpha": {"slurm-multicluster:federation": FEDERATION},
             "beta": {"slurm-multicluster:federation": FEDERATION},
         }
-        say("3. deploy template.yaml into moto; mirror the clusters as ParallelCluster stacks")
+        say("3. deploy template.yaml into moto; mirror the clusters as ParallelCluster stacks (tagged, not admitted)")
         say("   Lambda logs", str(LOG_FILE))
-        with LOG_FILE.open("w") as log, contextlib.redirect_stdout(log), lab_cloud(lab, tags) as aws:
-            say("4. CloudFormation: stack beta CREATE_COMPLETE -> EventBridge rule -> pairing state machine")
-            result = aws.run(aws.event_for("beta"), on_event=print_state)
+        with LOG_FILE.open("w") as log, contextlib.redirect_stdout(log), \
+                lab_cloud(lab, tags, admit={"alpha": None, "beta": None}) as aws:
+            refused = aws.run(aws.event_for("beta"))
+            say("   beta CREATE_COMPLETE before any admission", f"{refused['status']}: "
+                f"{cloud.state_names(refused['executionArn'], aws.region)[-1]} (nothing changed)")
+            say("4. administrator: declare federation hpc (accounting cluster alpha) and admit beta in the registry")
+            declared = declare_federation(aws.region, FEDERATION, aws.clusters["alpha"].stack_id)
+            say("   aws ssm put-parameter --name", declared)
+            admitted = admit_cluster(aws.region, FEDERATION, aws.clusters["beta"].stack_id)
+            say("   aws ssm put-parameter --name", admitted)
+            say("   Parameter Store Change (beta admitted) -> EventBridge rule -> pairing state machine")
+            result = aws.run(parameter_change_event(admitted, "Create", aws.region), on_event=print_state)
             say("   execution", result["status"])
             if result["status"] != "SUCCEEDED":
                 say("   cause", result.get("cause", ""))

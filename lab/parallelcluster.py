@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import uuid
 from dataclasses import dataclass, field
 
 import boto3
@@ -60,11 +61,14 @@ def create_network(region: str, cidr: str) -> Network:
 
 
 def _instance_profile(region: str, cluster: str) -> tuple[str, str]:
+    # IAM is global and CloudFormation suffixes the names it generates: same-named clusters in two regions differ.
+    suffix = uuid.uuid4().hex[:12].upper()
     iam = boto3.client("iam", region_name=region)
-    role = iam.create_role(RoleName=f"{cluster}-RoleHeadNode", AssumeRolePolicyDocument="{}")["Role"]["Arn"]
-    iam.create_instance_profile(InstanceProfileName=f"{cluster}-HeadNodeProfile")
-    iam.add_role_to_instance_profile(InstanceProfileName=f"{cluster}-HeadNodeProfile", RoleName=f"{cluster}-RoleHeadNode")
-    return f"{cluster}-HeadNodeProfile", role
+    role = iam.create_role(RoleName=f"{cluster[:30]}-RoleHeadNode-{suffix}", AssumeRolePolicyDocument="{}")["Role"]["Arn"]
+    iam.create_instance_profile(InstanceProfileName=f"{cluster[:30]}-HeadNodeProfile-{suffix}")
+    iam.add_role_to_instance_profile(InstanceProfileName=f"{cluster[:30]}-HeadNodeProfile-{suffix}",
+                                     RoleName=f"{cluster[:30]}-RoleHeadNode-{suffix}")
+    return f"{cluster[:30]}-HeadNodeProfile-{suffix}", role
 
 
 def _run(region: str, network: Network, ip: str, group: str, tags: dict[str, str], profile: str | None = None) -> str:
@@ -85,8 +89,15 @@ def create_cluster(
     tags: dict[str, str] | None = None,
     login_ips: list[str] | None = None,
     login_pool: str = "login",
+    admit: str | None = "auto",
+    deployment_id: str = "default",
 ) -> ClusterInAws:
-    """Create a ParallelCluster-shaped stack and its instances; ``tags`` are the user's cluster tags."""
+    """Create a ParallelCluster-shaped stack and its instances; ``tags`` are the user's cluster tags.
+
+    ``admit``: what an administrator then writes in the registry: "accounting" (declare the federation with this
+    cluster as its accounting cluster), "member" (admit it by its ARN), None (nothing: a tagged but not admitted
+    cluster), or "auto" (from the tags: the lab's accounting marker, else member when tagged).
+    """
     region = network.region
     cloudformation = boto3.client("cloudformation", region_name=region)
     template = {
@@ -111,7 +122,11 @@ def create_cluster(
         "StackResourceDetail"]["PhysicalResourceId"]
     profile, role_arn = _instance_profile(region, name)
     node_tags = {"parallelcluster:cluster-name": name, "parallelcluster:version": PCLUSTER_VERSION, **(tags or {})}
-    head = _run(region, network, head_ip, group, {**node_tags, "parallelcluster:node-type": "HeadNode", "Name": "HeadNode"}, profile)
+    # CloudFormation's own tags (the `aws:` prefix no user can set; moto lets the mirror set them as CloudFormation would).
+    cloudformation_tags = {"aws:cloudformation:stack-id": stack_id, "aws:cloudformation:stack-name": name,
+                           "aws:cloudformation:logical-id": "HeadNode"}
+    head = _run(region, network, head_ip, group, {**node_tags, **cloudformation_tags,
+                                                  "parallelcluster:node-type": "HeadNode", "Name": "HeadNode"}, profile)
     computes = [
         _run(region, network, ip, group, {**node_tags, "parallelcluster:node-type": "Compute", "Name": "Compute"})
         for ip in compute_ips
@@ -126,4 +141,78 @@ def create_cluster(
                                                     "Name": "LoginNode"})
             for ip in login_ips
         ]
-    return ClusterInAws(name, region, stack_id, group, head, role_arn, computes, logins or [], login_group)
+    cluster = ClusterInAws(name, region, stack_id, group, head, role_arn, computes, logins or [], login_group)
+    if admit == "auto":
+        federation = (tags or {}).get(FEDERATION_TAG)
+        admit = None if federation is None else "accounting" if (tags or {}).get(LAB_ACCOUNTING_TAG) == "accounting" else "member"
+    if admit == "accounting":
+        declare_federation(region, (tags or {})[FEDERATION_TAG], stack_id, deployment_id=deployment_id)
+    elif admit == "member":
+        admit_cluster(region, (tags or {})[FEDERATION_TAG], stack_id, deployment_id=deployment_id)
+    return cluster
+
+
+# ---------------------------------------------------------------- the federation registry, as an administrator writes it
+FEDERATION_TAG = "slurm-multicluster:federation"
+# The product ignores this tag (the registry names the accounting cluster); the lab reads it as "declare this
+# cluster as its federation's accounting cluster" when admit="auto", so a test's tags say what an admin admitted.
+LAB_ACCOUNTING_TAG = "slurm-multicluster:role"
+
+
+def registry_root(deployment_id: str = "default") -> str:
+    return f"/slurm-multicluster/{deployment_id}/federations"
+
+
+def declare_federation(region: str, federation: str, accounting_stack_id: str, *, deployment_id: str = "default",
+                       **settings: object) -> str:
+    """`aws ssm put-parameter` of the federation's declaration (README "Declare a federation"); its name."""
+    name = f"{registry_root(deployment_id)}/{federation}/settings"
+    boto3.client("ssm", region_name=region).put_parameter(
+        Name=name, Type="String", Overwrite=True,
+        Value=json.dumps({"accountingStackArn": accounting_stack_id, **settings}))
+    return name
+
+
+def member_parameter(federation: str, stack_id: str, deployment_id: str = "default") -> str:
+    """The registry parameter that admits ``stack_id``: <root>/<federation>/members/<region>/<name>/<uuid>."""
+    region, rest = stack_id.split(":")[3], stack_id.split(":stack/", 1)[1]
+    return f"{registry_root(deployment_id)}/{federation}/members/{region}/{rest}"
+
+
+def admit_cluster(region: str, federation: str, stack_id: str, *, deployment_id: str = "default") -> str:
+    """`aws ssm put-parameter` admitting one stack by its ARN (README "Admit a cluster"); the parameter's name."""
+    name = member_parameter(federation, stack_id, deployment_id)
+    boto3.client("ssm", region_name=region).put_parameter(Name=name, Type="String", Value=stack_id, Overwrite=True)
+    return name
+
+
+def revoke_cluster(region: str, federation: str, stack_id: str, *, deployment_id: str = "default") -> str:
+    """`aws ssm delete-parameter` of a member's admission (README "Revoke a cluster"); the parameter's name."""
+    name = member_parameter(federation, stack_id, deployment_id)
+    boto3.client("ssm", region_name=region).delete_parameter(Name=name)
+    return name
+
+
+def add_admission_rule(region: str, federation: str, rule: str, account: str, rule_region: str, pattern: str, *,
+                       deployment_id: str = "default") -> str:
+    """`aws ssm put-parameter` of an admission rule (README "Admit clusters created later")."""
+    name = f"{registry_root(deployment_id)}/{federation}/admission-rules/{rule}"
+    boto3.client("ssm", region_name=region).put_parameter(
+        Name=name, Type="String", Overwrite=True,
+        Value=json.dumps({"account": account, "region": rule_region, "stackNamePattern": pattern}))
+    return name
+
+
+def parameter_change_event(name: str, operation: str, region: str) -> dict:
+    """A "Parameter Store Change" event exactly as EventBridge delivers it (AWS Systems Manager User Guide, "Parameter
+    Store events"): what a registry write by an administrator sends to the workflows."""
+    import time
+    import uuid
+
+    account = "123456789012"
+    return {
+        "version": "0", "id": str(uuid.uuid4()), "detail-type": "Parameter Store Change", "source": "aws.ssm",
+        "account": account, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "region": region,
+        "resources": [f"arn:aws:ssm:{region}:{account}:parameter{name}"],
+        "detail": {"operation": operation, "name": name, "type": "String", "description": ""},
+    }

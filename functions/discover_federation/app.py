@@ -1,5 +1,8 @@
-"""DiscoverFederation: stack -> membership, head nodes, security groups and roles of every federation member."""
+"""DiscoverFederation: stack -> membership (tag asks, registry admits), head nodes, security groups and roles of every
+admitted federation member."""
 
+from aws_lambda_powertools import Metrics
+from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from slurm_multicluster import pairing
@@ -8,10 +11,16 @@ from slurm_multicluster.aws import client
 from slurm_multicluster.settings import settings
 from slurm_multicluster.state import PairingState
 
+metrics = Metrics()  # namespace and service from POWERTOOLS_METRICS_NAMESPACE / POWERTOOLS_SERVICE_NAME
 
+
+@metrics.log_metrics
 @pairing_step(PairingState)
 def lambda_handler(state: PairingState, context: LambdaContext) -> dict:
     found = pairing.discover(client, state.request, settings())
+    if found.not_admitted:  # an administrator may want to admit it: count it where an alarm can see it
+        metrics.add_metric(name=pairing.NOT_ADMITTED_METRIC, unit=MetricUnit.Count, value=1)
+        metrics.add_metadata(key="stack", value=found.stack_id or found.cluster_name)
     logger.info(
         "discovered",
         extra={"member": found.member, "reason": found.reason, "members": [m.cluster_name for m in found.members]},

@@ -11,6 +11,7 @@ from slurm_multicluster.state import PairingState
 
 @pairing_step(PairingState)
 def lambda_handler(state: PairingState, context: LambdaContext) -> dict:
-    the_plan = pairing.plan(client, state.request, state.members, settings())
+    config = pairing.federation_settings(client, state.members[0].federation, settings())  # the registry's overrides
+    the_plan = pairing.plan(client, state.request, state.members, config)
     logger.info("pairing plan", extra={"plan": the_plan.state()})
     return the_plan.state()

@@ -2,7 +2,7 @@
 
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from slurm_multicluster import unpairing
+from slurm_multicluster import pairing, unpairing
 from slurm_multicluster.aws import client
 from slurm_multicluster.lambda_step import pairing_step
 from slurm_multicluster.settings import settings
@@ -11,4 +11,7 @@ from slurm_multicluster.state import UnpairingState
 
 @pairing_step(UnpairingState)
 def lambda_handler(state: UnpairingState, context: LambdaContext) -> dict:
-    return unpairing.remove_from_accounting(client, state.request, state.departing(), state.remaining, settings())
+    departure = state.departing()
+    assert departure.federation
+    config = pairing.federation_settings(client, departure.federation, settings())  # the registry's overrides
+    return unpairing.remove_from_accounting(client, state.request, departure, state.remaining, config)

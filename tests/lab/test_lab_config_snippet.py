@@ -84,7 +84,7 @@ def test_accounting_snippet_and_hostile_input_through_the_deployed_function(pair
     assert "FunctionError" not in response, payload
     snippet = yaml.safe_load(json.loads(payload)["yaml"])
     assert set(snippet["Scheduling"]["SlurmSettings"]) == {"MungeKeySecretArn"}
-    assert {"Key": "slurm-multicluster:role", "Value": "accounting"} in snippet["Tags"]
+    assert snippet["Tags"] == [{"Key": "slurm-multicluster:federation", "Value": FEDERATION}]  # the registry names the accounting cluster
     assert_absent(key_bytes(lab, "alpha-head"), payload + logs)
 
     response, payload, _ = _invoke(cloud, {"federation": "hpc; rm -rf /", "region": cloud.region})

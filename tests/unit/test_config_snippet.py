@@ -12,7 +12,7 @@ import yaml
 from moto import mock_aws
 
 from lab.cloud import LambdaContext
-from lab.parallelcluster import create_cluster, create_network
+from lab.parallelcluster import create_cluster, create_network, declare_federation
 from slurm_multicluster import aws, config_snippet
 from slurm_multicluster.errors import InvalidInput, PrerequisiteFailed
 from slurm_multicluster.settings import Settings
@@ -88,19 +88,26 @@ def test_a_federation_secret_without_a_current_key_has_not_been_paired_yet(moto)
         _generate()
 
 
-def test_two_accounting_clusters_are_refused_naming_both(moto):
-    create_cluster(moto, "alpha", "10.250.0.11", [], ACCOUNTING_TAGS)
-    create_cluster(moto, "gamma", "10.250.0.31", [], ACCOUNTING_TAGS)
+def test_the_registry_not_a_tag_names_the_accounting_cluster(moto):
+    alpha = create_cluster(moto, "alpha", "10.250.0.11", [], ACCOUNTING_TAGS)
+    create_cluster(moto, "gamma", "10.250.0.31", [], ACCOUNTING_TAGS, admit="member")  # claims the role by its tag
     boto3.client("secretsmanager", region_name=REGION).create_secret(Name=SECRET, SecretString="a2V5")
-    for role in ("member", "accounting"):
-        with pytest.raises(PrerequisiteFailed, match="exactly one cluster tagged.*alpha, gamma"):
-            _generate(role=role)
+    accounting = config_snippet.accounting_clusters(aws.client, _request(), Settings(deployment_region=REGION))
+    assert [m.stack_id for m in accounting] == [alpha.stack_id]
 
 
-def test_a_member_snippet_needs_an_accounting_cluster(moto):
-    create_cluster(moto, "beta", "10.250.0.21", [], MEMBER_TAGS)
+def test_a_member_snippet_needs_a_declared_federation(moto):
+    create_cluster(moto, "beta", "10.250.0.21", [], MEMBER_TAGS, admit=None)
     boto3.client("secretsmanager", region_name=REGION).create_secret(Name=SECRET, SecretString="a2V5")
-    with pytest.raises(PrerequisiteFailed, match="no cluster tagged slurm-multicluster:role=accounting"):
+    with pytest.raises(PrerequisiteFailed, match="federation hpc is not declared in the registry"):
+        _generate()
+
+
+def test_a_member_snippet_needs_a_live_accounting_cluster(moto):
+    beta = create_cluster(moto, "beta", "10.250.0.21", [], MEMBER_TAGS, admit=None)
+    declare_federation(REGION, FEDERATION, beta.stack_id.replace("/beta/", "/alpha/"))  # declared, not created yet
+    boto3.client("secretsmanager", region_name=REGION).create_secret(Name=SECRET, SecretString="a2V5")
+    with pytest.raises(PrerequisiteFailed, match="accounting cluster .* is not a live, tagged stack"):
         _generate()
 
 
@@ -115,14 +122,15 @@ def test_clusters_of_other_federations_do_not_count(moto):
 # ---------------------------------------------------------------- the accounting variant (no node is asked)
 
 
-def test_the_accounting_snippet_keeps_the_database_and_carries_the_role_tag(moto):
+def test_the_accounting_snippet_keeps_the_database_and_says_to_declare_the_new_stack(moto):
     create_cluster(moto, "alpha", "10.250.0.11", [], ACCOUNTING_TAGS)
     arn = boto3.client("secretsmanager", region_name=REGION).create_secret(Name=SECRET, SecretString="a2V5")["ARN"]
     snippet = _generate(role="accounting")
     parsed = yaml.safe_load(snippet.yaml)
     assert parsed == snippet.config
     assert parsed["Scheduling"]["SlurmSettings"] == {"MungeKeySecretArn": arn}  # Database stays the admin's
-    assert {"Key": "slurm-multicluster:role", "Value": "accounting"} in parsed["Tags"]
+    assert parsed["Tags"] == [{"Key": "slurm-multicluster:federation", "Value": FEDERATION}]  # no role tag: the registry decides
+    assert any("declare it as the federation's accountingStackArn" in note for note in snippet.notes)
     assert {"Policy": "arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore"} in parsed["HeadNode"]["Iam"]["AdditionalIamPolicies"]
     assert snippet.minimum_parallelcluster_version == "3.8.0"
     assert "# " in snippet.yaml and "3.8.0" in snippet.yaml and "a2V5" not in snippet.yaml

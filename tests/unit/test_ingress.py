@@ -82,8 +82,8 @@ def _ours(ec2):
 def test_authorizing_twice_adds_nothing_the_second_time(ec2):
     alpha, beta = _pair(ec2)
     rules = ingress.plan_rules(beta, [alpha, beta])
-    first = ingress.authorize(lambda region: ec2, rules, "hpc", "exec-1")
-    second = ingress.authorize(lambda region: ec2, rules, "hpc", "exec-2")
+    first = ingress.authorize(lambda region: ec2, rules, "hpc", "exec-1", "default")
+    second = ingress.authorize(lambda region: ec2, rules, "hpc", "exec-2", "default")
     assert len(first) == 3 and second == []
     assert len(_ours(ec2)) == 3
     assert {t["Value"] for r in _ours(ec2) for t in r["Tags"] if t["Key"] == "slurm-multicluster:execution"} == {"exec-1"}
@@ -93,7 +93,7 @@ def test_an_existing_admin_rule_is_respected_not_duplicated(ec2):
     alpha, beta = _pair(ec2)
     ec2.authorize_security_group_ingress(GroupId=alpha.head_node.security_group_ids[0], IpPermissions=[
         {"IpProtocol": "-1", "UserIdGroupPairs": [{"GroupId": beta.head_node.security_group_ids[0]}]}])
-    added = ingress.authorize(lambda region: ec2, ingress.plan_rules(beta, [alpha, beta]), "hpc", "exec-1")
+    added = ingress.authorize(lambda region: ec2, ingress.plan_rules(beta, [alpha, beta]), "hpc", "exec-1", "default")
     assert {a.group_id for a in added} == {beta.head_node.security_group_ids[0]}  # alpha already allows beta
 
 
@@ -101,8 +101,8 @@ def test_rollback_revokes_exactly_the_rules_of_its_execution(ec2):
     alpha, beta = _pair(ec2)
     gamma_group = ec2.create_security_group(GroupName="gamma", Description="gamma", VpcId=ec2.describe_vpcs()["Vpcs"][-1]["VpcId"])["GroupId"]
     gamma = _member("gamma", "us-east-1", gamma_group, "10.0.0.31")
-    ingress.authorize(lambda region: ec2, ingress.plan_rules(beta, [alpha, beta]), "hpc", "exec-beta")
-    ingress.authorize(lambda region: ec2, ingress.plan_rules(gamma, [alpha, beta, gamma]), "hpc", "exec-gamma")
+    ingress.authorize(lambda region: ec2, ingress.plan_rules(beta, [alpha, beta]), "hpc", "exec-beta", "default")
+    ingress.authorize(lambda region: ec2, ingress.plan_rules(gamma, [alpha, beta, gamma]), "hpc", "exec-gamma", "default")
     before = len(_ours(ec2))
     revoked = ingress.revoke(lambda region: ec2, ingress.rules_added_by(lambda region: ec2, ["us-east-1"], "exec-gamma"))
     assert len(revoked) == 5  # gamma<->alpha ctld, gamma->alpha dbd, gamma<->beta ctld
@@ -115,5 +115,5 @@ def test_a_failure_half_way_revokes_what_the_call_added(ec2):
     rules = ingress.plan_rules(beta, [alpha, beta])
     broken = rules[-1].model_copy(update={"group_id": "sg-0ffffffffffffffff"})  # a group that does not exist
     with pytest.raises(Exception):
-        ingress.authorize(lambda region: ec2, [*rules[:-1], broken], "hpc", "exec-1")
+        ingress.authorize(lambda region: ec2, [*rules[:-1], broken], "hpc", "exec-1", "default")
     assert _ours(ec2) == []

@@ -40,8 +40,11 @@ class MotoAws:
         arn = cloud.start_execution(self.deployment, request)
         return cloud.wait_for_execution(arn, REGION, timeout=120)
 
-    def cluster(self, name: str, head_ip: str, compute_ips: list[str], tags: dict[str, str] | None = None) -> ClusterInAws:
-        return create_cluster(self.network, name, head_ip, compute_ips, tags)
+    def cluster(self, name: str, head_ip: str, compute_ips: list[str], tags: dict[str, str] | None = None,
+                admit: str | None = "auto") -> ClusterInAws:
+        """A ParallelCluster-shaped cluster; ``admit`` as in lab.parallelcluster.create_cluster (auto: an admin
+        admitted every tagged cluster, the one tagged with the lab's accounting marker as the accounting one)."""
+        return create_cluster(self.network, name, head_ip, compute_ips, tags, admit=admit)
 
 
 @pytest.fixture

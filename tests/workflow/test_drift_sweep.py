@@ -70,7 +70,8 @@ def test_sweep_checks_every_tagged_cluster_and_reports_each_failure(moto_aws):
 
 def test_sweep_of_one_federation_leaves_the_others_alone(moto_aws):
     moto_aws.cluster("alpha", "10.250.0.11", [], ACCOUNTING_TAGS)
-    moto_aws.cluster("other", "10.250.0.51", [], {"slurm-multicluster:federation": "lab"})
+    moto_aws.cluster("other", "10.250.0.51", [], {"slurm-multicluster:federation": "lab",
+                                                  "slurm-multicluster:role": "accounting"})  # lab's accounting
 
     result = run_sweep(moto_aws, {"dryRun": True, "federation": "lab"})
 
@@ -89,4 +90,5 @@ def test_the_scheduled_sweep_runs_with_the_template_input(moto_aws):
 
     assert result["status"] == "SUCCEEDED", result.get("cause")
     assert json.loads(result["output"]) == {
-        "dryRun": True, "federation": None, "checked": [], "inSync": [], "drifted": [], "repaired": [], "failed": []}
+        "dryRun": True, "federation": None, "checked": [], "inSync": [], "drifted": [], "repaired": [], "failed": [],
+        "notAdmitted": []}

@@ -325,13 +325,38 @@ def test_hostile_rotation_requests_are_rejected_before_anything_runs(rotation_aw
     assert aws.commands == [] and aws.lease() is None
 
 
-def test_the_scheduled_input_of_the_template_starts_a_rotation(rotation_aws):
-    template = cloud.load_template()
-    schedule = template["Resources"]["RotationStateMachine"]["Properties"]["Events"]["ScheduledRotation"]
-    text = schedule["Properties"]["Input"]["Fn::Sub"].replace("${RotationFederation}", FEDERATION)
-    scheduled_input = json.loads(text.replace("${AWS::Region}", REGION))
-    result = rotation_aws.rotate(scheduled_input)
-    assert result["status"] == "SUCCEEDED", result.get("cause")
+def test_the_daily_check_rotates_exactly_the_federations_whose_key_is_due(rotation_aws):
+    import datetime
+
+    from lab.parallelcluster import declare_federation
+    from slurm_multicluster import rotation
+    from slurm_multicluster.aws import client
+    from slurm_multicluster.settings import Settings
+
+    aws = rotation_aws
+    declare_federation(REGION, FEDERATION, aws.clusters["alpha"].stack_id, rotationDays=30)
+    config = Settings(deployment_region=REGION)
+    now = datetime.datetime.now(datetime.timezone.utc)
+    assert rotation.rotations_due(client, config, now) == []  # the key was created a moment ago
+    due = rotation.rotations_due(client, config, now + datetime.timedelta(days=31))
+    assert [(d["federation"], d["rotationDays"]) for d in due] == [(FEDERATION, 30)]
+    declare_federation(REGION, FEDERATION, aws.clusters["alpha"].stack_id)  # no rotationDays: never due
+    assert rotation.rotations_due(client, config, now + datetime.timedelta(days=3650)) == []
+
+    # What the schedule invokes, as the template wires it: nothing is due today, so nothing starts.
+    function = aws.deployment.functions["StartDueRotationsFunction"]
+    payload = boto3.client("lambda", region_name=REGION).invoke(FunctionName=function, Payload=b"{}")["Payload"].read()
+    assert json.loads(payload) == {"started": []}
+    template = cloud.load_template()["Resources"]["StartDueRotationsFunction"]["Properties"]
+    assert template["Events"]["RotationCheck"]["Properties"]["Schedule"] == {"Ref": "RotationCheckSchedule"}
+
+    # A due federation's rotation, under its scheduled name: it rotates, and a second start that day is the same one.
+    sfn = boto3.client("stepfunctions", region_name=REGION)
+    machine = aws.deployment.state_machines[cloud.ROTATION_STATE_MACHINE]
+    name = rotation.scheduled_execution_name(FEDERATION, now)
+    arn = rotation.start_rotation(sfn, machine, FEDERATION, REGION, "schedule", name)
+    assert cloud.wait_for_execution(arn, REGION, timeout=120)["status"] == "SUCCEEDED"
+    assert rotation.start_rotation(sfn, machine, FEDERATION, REGION, "schedule", name) == arn
 
 
 def test_no_key_material_in_history_logs_or_ssm_commands(rotation_aws):

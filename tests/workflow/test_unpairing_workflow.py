@@ -14,7 +14,8 @@ import boto3
 import pytest
 
 from lab import cloud
-from slurm_multicluster import discovery, ingress, munge_secret
+from lab.parallelcluster import add_admission_rule, parameter_change_event, revoke_cluster
+from slurm_multicluster import discovery, ingress, munge_secret, registry
 from slurm_multicluster.aws import client
 from slurm_multicluster.models import SlurmSettings
 from slurm_multicluster.settings import Settings
@@ -34,17 +35,18 @@ def federation(moto_aws):
         "beta": moto_aws.cluster("beta", "10.250.0.21", ["10.250.0.22"], FEDERATION_TAGS),
         "gamma": moto_aws.cluster("gamma", "10.250.0.31", [], FEDERATION_TAGS),
     }
-    config = Settings()
+    config = Settings(deployment_region=REGION)
+    declared = registry.declared(client, config, "hpc")
     members = []
     for name in clusters:
         stack = boto3.client("cloudformation", region_name=REGION).describe_stacks(StackName=name)["Stacks"][0]
-        member = discovery.member(client, stack, REGION, "hpc", config)
+        member = discovery.member(client, stack, REGION, declared, config)
         members.append(member.model_copy(update={"slurm": SlurmSettings(
             cluster_name=name, slurmctld_port="6820-6829", dbd_port=6819 if member.is_accounting else None,
             slurm_version="22.05.8", munge_key_sha256="0" * 64)}))
     ec2_for = lambda region: client("ec2", region)  # noqa: E731
     for member in members:
-        ingress.authorize(ec2_for, ingress.plan_rules(member, members), "hpc", f"pair-{member.cluster_name}")
+        ingress.authorize(ec2_for, ingress.plan_rules(member, members), "hpc", f"pair-{member.cluster_name}", "default")
     secrets = client("secretsmanager", REGION)
     ours = config.model_copy(update={"munge_key_kms_key_arn": deployment_key_arn(moto_aws.deployment)})
     arn, _ = munge_secret.ensure_secret(secrets, SECRET, "hpc", ours)
@@ -169,6 +171,59 @@ def test_deleting_a_cluster_that_never_joined_changes_nothing(moto_aws, federati
     result = route(cloud.stack_status_event(plain.stack_id, "DELETE_IN_PROGRESS", REGION))[cloud.UNPAIRING_STATE_MACHINE]
     assert result["status"] == "SUCCEEDED"
     assert cloud.state_names(result["executionArn"], REGION)[-1] == "NotAFederationMember"
+    assert sorted(r["SecurityGroupRuleId"] for r in _rules()) == rules_before
+
+
+def test_deleting_a_tagged_cluster_nobody_admitted_changes_nothing(moto_aws, federation, route):
+    asked = moto_aws.cluster("asked", "10.250.0.41", [], FEDERATION_TAGS, admit=None)  # tagged, never admitted
+    queue = cloud.events_queue(REGION)
+    secrets = boto3.client("secretsmanager", region_name=REGION)
+    policy_before = secrets.get_resource_policy(SecretId=SECRET).get("ResourcePolicy")
+    rules_before = sorted(r["SecurityGroupRuleId"] for r in _rules())
+    result = route(cloud.stack_status_event(asked.stack_id, "DELETE_IN_PROGRESS", REGION))[cloud.UNPAIRING_STATE_MACHINE]
+    assert result["status"] == "SUCCEEDED", result.get("cause")
+    assert cloud.state_names(result["executionArn"], REGION)[-1] == "NotAFederationMember"
+    assert secrets.get_resource_policy(SecretId=SECRET).get("ResourcePolicy") == policy_before  # not even rewritten
+    assert sorted(r["SecurityGroupRuleId"] for r in _rules()) == rules_before
+    assert [e for e in cloud.published(queue, REGION) if e["detail-type"].startswith("Slurm Cluster")] == []
+
+
+def test_revoking_a_member_in_the_registry_unpairs_it_and_rotates_the_others_without_it(moto_aws, federation, route):
+    beta, alpha, gamma = federation["beta"], federation["alpha"], federation["gamma"]
+    queue = cloud.events_queue(REGION)
+
+    name = revoke_cluster(REGION, "hpc", beta.stack_id)  # what `aws ssm delete-parameter` does
+    outcomes = route(parameter_change_event(name, "Delete", REGION))
+
+    assert cloud.state_names(outcomes[cloud.PAIRING_STATE_MACHINE]["executionArn"], REGION)[-1] == "IgnoreStackStatus"
+    result = outcomes[cloud.UNPAIRING_STATE_MACHINE]
+    assert result["status"] == "SUCCEEDED", result.get("cause")
+    assert _ours_touching(beta.security_group_id) == []
+    assert beta.head_role_arn not in _secret_readers()
+    assert _secret_readers() == sorted([alpha.head_role_arn, gamma.head_role_arn])
+    assert moto_aws.commands == []  # nothing is run on a cluster that may be compromised
+    output = json.loads(result["output"])
+    assert output["detach"]["action"] == "none" and "revoked" in output["detach"]["reason"]
+    unpaired = [e for e in cloud.published(queue, REGION) if e["detail-type"] == "Slurm Cluster Unpaired"]
+    assert [(e["detail"]["cluster"], e["detail"]["trigger"]) for e in unpaired] == [("beta", "revoked")]
+    # The remaining members rotate to a key beta never saw: the rotation is started, for alpha and gamma only.
+    rotation_arn = output["eviction"]["rotationExecution"]
+    rotation = cloud.wait_for_execution(rotation_arn, REGION, timeout=120)
+    assert json.loads(rotation["input"]) == {"federation": "hpc", "region": REGION, "trigger": "eviction"}
+    found = [e for e in cloud.history(rotation_arn, REGION)
+             if e.get("stateExitedEventDetails", {}).get("name") == "DiscoverFederationMembers"]
+    members = json.loads(found[0]["stateExitedEventDetails"]["output"])["discovery"]["members"]
+    assert sorted(m["clusterName"] for m in members) == ["alpha", "gamma"]
+
+
+def test_a_revocation_of_a_cluster_a_rule_still_admits_changes_nothing(moto_aws, federation, route):
+    beta = federation["beta"]
+    add_admission_rule(REGION, "hpc", "all-b", "123456789012", REGION, "b*")
+    rules_before = sorted(r["SecurityGroupRuleId"] for r in _rules())
+    name = revoke_cluster(REGION, "hpc", beta.stack_id)
+    result = route(parameter_change_event(name, "Delete", REGION))[cloud.UNPAIRING_STATE_MACHINE]
+    assert cloud.state_names(result["executionArn"], REGION)[-1] == "NotAFederationMember"
+    assert "still admits it (admitted by admission rule all-b)" in json.loads(result["output"])["departure"]["reason"]
     assert sorted(r["SecurityGroupRuleId"] for r in _rules()) == rules_before
 
 

@@ -17,7 +17,7 @@ import yaml
 from aws_lambda_powertools import Logger
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
-from slurm_multicluster import discovery, munge_secret, pairing
+from slurm_multicluster import discovery, munge_secret, pairing, registry
 from slurm_multicluster import validation as v
 from slurm_multicluster.errors import InvalidInput, PrerequisiteFailed
 from slurm_multicluster.models import FederationName, Member, Region, StateModel
@@ -93,17 +93,12 @@ def federation_secret_arn(secretsmanager: Any, config: Settings, federation: str
 
 
 def accounting_clusters(clients: ClientFactory, request: SnippetRequest, config: Settings) -> list[Member]:
-    """Every live cluster of the federation tagged as its accounting cluster (normally exactly one)."""
-    stacks = discovery.federation_stacks(clients, config.regions_to_search(request.region), request.federation, config)
-    tagged = [(region, stack) for region, stack in stacks
-              if discovery.tags_of(stack).get(config.role_tag_key) == config.accounting_role]
-    if len(tagged) > 1:
-        names = ", ".join(stack["StackName"] for _, stack in tagged)
-        raise PrerequisiteFailed(
-            f"federation {request.federation} must have exactly one cluster tagged "
-            f"{config.role_tag_key}={config.accounting_role}, found: {names}"
-        )
-    return [discovery.member(clients, stack, region, request.federation, config) for region, stack in tagged]
+    """The federation's accounting cluster as the registry declares it, when its stack is live and tagged
+    (an empty list when it is not: e.g. it is about to be re-created)."""
+    declared = registry.declared(clients, config, request.federation)
+    stacks = discovery.federation_stacks(clients, config.regions_to_search(request.region), declared, config)
+    return [discovery.member(clients, stack, region, declared, config) for region, stack in stacks
+            if declared.is_accounting(stack["StackId"])]
 
 
 def accounting_endpoint(clients: ClientFactory, accounting: Member, config: Settings) -> AccountingEndpoint:
@@ -141,12 +136,12 @@ def member_config(federation: str, secret_arn: str, accounting: AccountingEndpoi
 
 
 def accounting_config(federation: str, secret_arn: str, config: Settings) -> dict[str, Any]:
-    """The same for re-creating the accounting cluster: its own Database stays; the role tag marks it."""
+    """The same for re-creating the accounting cluster: its own Database stays; the registry (not a tag) makes it
+    the accounting cluster, once an administrator declares the new stack's ARN."""
     return {
         "Scheduling": {"SlurmSettings": {"MungeKeySecretArn": secret_arn}},
         "HeadNode": {"Iam": {"AdditionalIamPolicies": [{"Policy": _ssm_policy(secret_arn)}]}},
-        "Tags": [{"Key": config.federation_tag_key, "Value": federation},
-                 {"Key": config.role_tag_key, "Value": config.accounting_role}],
+        "Tags": [{"Key": config.federation_tag_key, "Value": federation}],
     }
 
 
@@ -242,8 +237,8 @@ def generate(clients: ClientFactory, request: SnippetRequest, config: Settings) 
     if request.role == "member":
         if not accounting:
             raise PrerequisiteFailed(
-                f"federation {request.federation} has no cluster tagged {config.role_tag_key}={config.accounting_role}:"
-                " create and pair the accounting cluster first"
+                f"federation {request.federation}: its accounting cluster (the registry's accountingStackArn) is not "
+                "a live, tagged stack: create and pair the accounting cluster first"
             )
         secret_region = accounting[0].region
         secret_arn = federation_secret_arn(clients("secretsmanager", secret_region), config, request.federation)
@@ -262,6 +257,8 @@ def generate(clients: ClientFactory, request: SnippetRequest, config: Settings) 
         minimum = MUNGE_KEY_SECRET_ARN_SINCE
         notes.append("the re-created head node gets a new IP: regenerate the member snippet and `pcluster update-cluster` "
                      "every member with the new ExternalSlurmdbd/Host.")
+        notes.append("the re-created stack has a new StackId: declare it as the federation's accountingStackArn in the "
+                     f"registry ({registry.root(config)}/{request.federation}/settings) before it can pair.")
     if secret_region != request.region:
         notes.append(f"the federation secret is in {secret_region}, the cluster in {request.region}: if ParallelCluster "
                      "cannot read it across regions, replicate the secret there and use the replica's ARN (unverified).")

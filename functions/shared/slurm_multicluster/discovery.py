@@ -10,6 +10,7 @@ from botocore.exceptions import ClientError
 from slurm_multicluster import validation as v
 from slurm_multicluster.errors import InvalidInput, PrerequisiteFailed
 from slurm_multicluster.models import HeadNode, Member
+from slurm_multicluster.registry import Federation
 from slurm_multicluster.settings import Settings
 
 logger = Logger(child=True)
@@ -71,16 +72,34 @@ def cluster_filters(cluster_name: str, node_type: str, states: tuple[str, ...] =
     ]
 
 
-def head_node(ec2: Any, iam: Any, cloudformation: Any, cluster_name: str) -> HeadNode:
-    """The running head node of a cluster, with its security groups and IAM role."""
-    found = instances(ec2, cluster_filters(cluster_name, "HeadNode"))
+# CloudFormation's own tags on the instances it creates: the `aws:` prefix is reserved, no user can set or change
+# them. ParallelCluster's head node is the AWS::EC2::Instance "HeadNode" of the cluster stack (cluster_stack.py).
+STACK_ID_TAG = "aws:cloudformation:stack-id"
+LOGICAL_ID_TAG = "aws:cloudformation:logical-id"
+HEAD_NODE_LOGICAL_ID = "HeadNode"
+
+
+def head_node_filters(stack_id: str, states: tuple[str, ...] = ("running",)) -> list[dict[str, Any]]:
+    """DescribeInstances filters for the head node of the stack ``stack_id``, by CloudFormation's tags only:
+    an instance that merely carries ``parallelcluster:*`` tags (anyone can set those) never matches."""
+    return [
+        {"Name": f"tag:{STACK_ID_TAG}", "Values": [v.require(v.STACK_ARN, stack_id, "stack ARN")]},
+        {"Name": f"tag:{LOGICAL_ID_TAG}", "Values": [HEAD_NODE_LOGICAL_ID]},
+        {"Name": "instance-state-name", "Values": list(states)},
+    ]
+
+
+def head_node(ec2: Any, iam: Any, cloudformation: Any, cluster_name: str, stack_id: str) -> HeadNode:
+    """The running head node of a cluster (found by CloudFormation's tags), with its security groups and role."""
+    found = instances(ec2, head_node_filters(stack_id))
     if len(found) != 1:
         raise PrerequisiteFailed(
-            f"cluster {cluster_name}: expected one running head node tagged {NODE_TYPE_TAG}=HeadNode, found {len(found)}"
+            f"cluster {cluster_name}: expected one running head node created by its stack ({LOGICAL_ID_TAG}="
+            f"{HEAD_NODE_LOGICAL_ID}, {STACK_ID_TAG}={stack_id}), found {len(found)}"
         )
     instance = found[0]
     group_ids = [group["GroupId"] for group in instance.get("SecurityGroups", [])]
-    head_group = _stack_resource_id(cloudformation, cluster_name, "HeadNodeSecurityGroup")
+    head_group = _stack_resource_id(cloudformation, stack_id, "HeadNodeSecurityGroup")
     if head_group in group_ids:  # ParallelCluster's own group first: our rules go on it
         group_ids.remove(head_group)
         group_ids.insert(0, head_group)
@@ -115,18 +134,18 @@ def node_instance_ids(ec2: Any, cluster_name: str, node_type: str) -> list[str]:
     return sorted(i["InstanceId"] for i in instances(ec2, cluster_filters(cluster_name, node_type)))
 
 
-def member(clients: ClientFactory, stack: dict[str, Any], region: str, federation: str, config: Settings) -> Member:
-    """Describe one member cluster from its stack."""
+def member(clients: ClientFactory, stack: dict[str, Any], region: str, federation: Federation, config: Settings) -> Member:
+    """Describe one admitted member cluster from its stack; the registry says whether it is the accounting one."""
     name = v.require(v.CLUSTER_NAME, stack["StackName"], "cluster name")
+    stack_id = v.require(v.STACK_ARN, stack["StackId"], "stack ARN")
     ec2 = clients("ec2", region)
-    tags = tags_of(stack)
     return Member(
         cluster_name=name,
-        stack_id=stack["StackId"],
+        stack_id=stack_id,
         region=region,
-        federation=federation,
-        is_accounting=tags.get(config.role_tag_key) == config.accounting_role,
-        head_node=head_node(ec2, clients("iam", region), clients("cloudformation", region), name),
+        federation=federation.name,
+        is_accounting=federation.is_accounting(stack_id),
+        head_node=head_node(ec2, clients("iam", region), clients("cloudformation", region), name, stack_id),
         compute_instance_ids=node_instance_ids(ec2, name, "Compute"),
         login_instance_ids=node_instance_ids(ec2, name, "LoginNode"),
     )
@@ -147,8 +166,10 @@ def live_stacks(clients: ClientFactory, regions: list[str]) -> list[tuple[str, d
     ]
 
 
-def federation_stacks(clients: ClientFactory, regions: list[str], federation: str, config: Settings) -> list[tuple[str, dict[str, Any]]]:
-    """(region, stack) of every live top-level ParallelCluster stack tagged into ``federation``."""
+def federation_stacks(clients: ClientFactory, regions: list[str], federation: Federation,
+                      config: Settings) -> list[tuple[str, dict[str, Any]]]:
+    """(region, stack) of every live top-level ParallelCluster stack that asks to join ``federation`` (its tag)
+    and that the registry admits; tagged stacks nobody admitted are logged and left out."""
     found = []
     for region, stack in live_stacks(clients, regions):
         try:
@@ -156,6 +177,11 @@ def federation_stacks(clients: ClientFactory, regions: list[str], federation: st
         except InvalidInput:
             logger.warning("ignoring stack with an invalid federation tag", extra={"stack": stack["StackName"]})
             continue
-        if name == federation:
-            found.append((region, stack))
+        if name != federation.name:
+            continue
+        if federation.admission(stack["StackId"]) is None:
+            logger.warning("ignoring a tagged stack the registry does not admit",
+                           extra={"stack": stack["StackId"], "federation": federation.name})
+            continue
+        found.append((region, stack))
     return found

@@ -17,9 +17,12 @@ from slurm_multicluster.validation import port_range
 logger = Logger(child=True)
 
 OWNER_TAG = "slurm-multicluster:federation"
+DEPLOYMENT_TAG = "slurm-multicluster:deployment"  # another deployment's rules are never read, revoked or counted
 EXECUTION_TAG = "slurm-multicluster:execution"
-SOURCE_CLUSTER_TAG = "slurm-multicluster:source-cluster"
+SOURCE_CLUSTER_TAG = "slurm-multicluster:source-cluster"  # names, for people reading the console
 TARGET_CLUSTER_TAG = "slurm-multicluster:target-cluster"
+SOURCE_STACK_TAG = "slurm-multicluster:source-stack"  # StackIds: the identity the unpairing and the sweep use
+TARGET_STACK_TAG = "slurm-multicluster:target-stack"
 
 
 def _rule(source: Member, target: Member, purpose: str, ports: tuple[int, int]) -> IngressRule:
@@ -33,6 +36,8 @@ def _rule(source: Member, target: Member, purpose: str, ports: tuple[int, int]) 
         source_cidr=None if same_region else f"{source.head_node.private_ip}/32",
         source_cluster=source.cluster_name,
         target_cluster=target.cluster_name,
+        source_stack=source.stack_id,
+        target_stack=target.stack_id,
         purpose=purpose,
         # Descriptions allow a small character set (no '>'): "to" reads fine.
         description=f"slurm-multicluster {target.federation}: {source.cluster_name} to {target.cluster_name} {purpose}",
@@ -43,7 +48,7 @@ def plan_rules(new: Member, members: list[Member]) -> list[IngressRule]:
     """The rules that connect ``new`` with every other member, without duplicates."""
     rules: list[IngressRule] = []
     for peer in members:
-        if peer.cluster_name == new.cluster_name:
+        if peer.stack_id == new.stack_id:
             continue
         assert peer.slurm and new.slurm, "Slurm settings must be discovered before planning rules"
         rules.append(_rule(new, peer, "slurmctld", port_range(peer.slurm.slurmctld_port)))
@@ -102,7 +107,8 @@ def missing_rules(ec2_for: Callable[[str], Any], rules: list[IngressRule]) -> li
     return missing
 
 
-def authorize(ec2_for: Callable[[str], Any], rules: list[IngressRule], federation: str, execution: str) -> list[AddedRule]:
+def authorize(ec2_for: Callable[[str], Any], rules: list[IngressRule], federation: str, execution: str,
+              deployment: str) -> list[AddedRule]:
     """Add the missing rules, tagged as ours; if any call fails, revoke what this call added and re-raise."""
     added: list[AddedRule] = []
     try:
@@ -115,9 +121,12 @@ def authorize(ec2_for: Callable[[str], Any], rules: list[IngressRule], federatio
                         "ResourceType": "security-group-rule",
                         "Tags": [
                             {"Key": OWNER_TAG, "Value": federation},
+                            {"Key": DEPLOYMENT_TAG, "Value": deployment},
                             {"Key": EXECUTION_TAG, "Value": execution},
                             {"Key": SOURCE_CLUSTER_TAG, "Value": rule.source_cluster},
                             {"Key": TARGET_CLUSTER_TAG, "Value": rule.target_cluster},
+                            {"Key": SOURCE_STACK_TAG, "Value": rule.source_stack},
+                            {"Key": TARGET_STACK_TAG, "Value": rule.target_stack},
                         ],
                     }
                 ],
@@ -162,34 +171,38 @@ def rules_added_by(ec2_for: Callable[[str], Any], regions: list[str], execution:
     return found
 
 
-def _our_rules(ec2_for: Callable[[str], Any], regions: list[str], filters: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
-    """(region, rule) of every rule carrying our owner tag that matches ``filters``."""
+def _our_rules(ec2_for: Callable[[str], Any], regions: list[str], deployment: str,
+               filters: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
+    """(region, rule) of every rule this deployment tagged as its own that matches ``filters``."""
     found = []
     for region in regions:
         paginator = ec2_for(region).get_paginator("describe_security_group_rules")
-        for page in paginator.paginate(Filters=[{"Name": "tag-key", "Values": [OWNER_TAG]}, *filters]):
+        owned = [{"Name": "tag-key", "Values": [OWNER_TAG]}, {"Name": f"tag:{DEPLOYMENT_TAG}", "Values": [deployment]}]
+        for page in paginator.paginate(Filters=[*owned, *filters]):
             found += [(region, rule) for rule in page["SecurityGroupRules"]]
     return found
 
 
-def federations_of(ec2_for: Callable[[str], Any], regions: list[str], cluster_name: str) -> list[str]:
-    """The federations whose rules (ours) name ``cluster_name`` as source or target: where it was paired."""
+def federations_of(ec2_for: Callable[[str], Any], regions: list[str], stack_id: str, deployment: str) -> list[str]:
+    """The federations whose rules (this deployment's) name the stack ``stack_id`` as source or target: where it
+    was paired, whatever its tags say now."""
     names = set()
-    for tag in (SOURCE_CLUSTER_TAG, TARGET_CLUSTER_TAG):
-        for _, rule in _our_rules(ec2_for, regions, [{"Name": f"tag:{tag}", "Values": [cluster_name]}]):
+    for tag in (SOURCE_STACK_TAG, TARGET_STACK_TAG):
+        for _, rule in _our_rules(ec2_for, regions, deployment, [{"Name": f"tag:{tag}", "Values": [stack_id]}]):
             names.update(t["Value"] for t in rule.get("Tags", []) if t["Key"] == OWNER_TAG)
     return sorted(names)
 
 
-def rules_touching(ec2_for: Callable[[str], Any], regions: list[str], federation: str, cluster_name: str,
-                   group_ids: list[str]) -> list[AddedRule]:
-    """Every rule this product added in ``federation`` that sits on or references one of ``group_ids``, or names
-    ``cluster_name`` as its source or target (a /32 rule from another region, a group the stack does not own)."""
+def rules_touching(ec2_for: Callable[[str], Any], regions: list[str], federation: str, stack_id: str,
+                   group_ids: list[str], deployment: str) -> list[AddedRule]:
+    """Every rule this deployment added in ``federation`` that sits on or references one of ``group_ids``, or names
+    the stack ``stack_id`` as its source or target (a /32 rule from another region, a group the stack does not own).
+    A same-named stack elsewhere is another StackId: its rules are not touched."""
     groups = set(group_ids)
     touching = []
-    for region, rule in _our_rules(ec2_for, regions, [{"Name": f"tag:{OWNER_TAG}", "Values": [federation]}]):
+    for region, rule in _our_rules(ec2_for, regions, deployment, [{"Name": f"tag:{OWNER_TAG}", "Values": [federation]}]):
         tags = {t["Key"]: t["Value"] for t in rule.get("Tags", [])}
         if (rule["GroupId"] in groups or rule.get("ReferencedGroupInfo", {}).get("GroupId") in groups
-                or cluster_name in (tags.get(SOURCE_CLUSTER_TAG), tags.get(TARGET_CLUSTER_TAG))):
+                or stack_id in (tags.get(SOURCE_STACK_TAG), tags.get(TARGET_STACK_TAG))):
             touching.append(AddedRule(region=region, group_id=rule["GroupId"], rule_id=rule["SecurityGroupRuleId"]))
     return touching

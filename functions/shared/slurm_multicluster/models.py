@@ -116,6 +116,8 @@ class IngressRule(StateModel):
     source_cidr: str | None = None
     source_cluster: str
     target_cluster: str
+    source_stack: str
+    target_stack: str
     purpose: Literal["slurmdbd", "slurmctld"]
     description: str
 

@@ -6,7 +6,7 @@ from typing import Any, Callable
 
 from aws_lambda_powertools import Logger
 
-from slurm_multicluster import discovery, ingress, munge_secret, node_commands, slurm_versions
+from slurm_multicluster import discovery, ingress, munge_secret, node_commands, registry, slurm_versions
 from slurm_multicluster import validation as v
 from slurm_multicluster.errors import PrerequisiteFailed, VerificationFailed
 from slurm_multicluster.models import AddedRule, IngressRule, Member, PairingRequest, SlurmSettings, StateModel
@@ -22,8 +22,10 @@ class Discovery(StateModel):
 
     member: bool
     reason: str
+    not_admitted: bool = False  # tagged (it asks to join) but the registry does not admit it
     federation: str | None = None
     cluster_name: str
+    stack_id: str | None = None
     members: list[Member] = []
 
 
@@ -50,8 +52,10 @@ class Plan(StateModel):
 
     federation: str
     cluster_name: str
+    stack_id: str
     slurm_cluster_name: str
     accounting_cluster: str
+    accounting_stack_id: str
     peers: list[str]
     ingress_rules: list[IngressRule]
     munge_key: KeyPlan
@@ -60,8 +64,11 @@ class Plan(StateModel):
     already_paired: bool
 
 
+NOT_ADMITTED_METRIC = "ClusterNotAdmitted"
+
+
 def discover(clients: ClientFactory, request: PairingRequest, config: Settings) -> Discovery:
-    """Find the stack, decide membership, and describe every member of its federation."""
+    """Find the stack, decide membership (its tag asks, the registry admits), describe every admitted member."""
     stack = discovery.describe_stack(clients("cloudformation", request.region), request.stack_id or request.stack_name)
     if stack is None:
         return Discovery(member=False, reason="stack not found", cluster_name=request.stack_name)
@@ -69,11 +76,27 @@ def discover(clients: ClientFactory, request: PairingRequest, config: Settings) 
     if federation is None:
         logger.info("not a federation member", extra={"stack": request.stack_name, "reason": reason})
         return Discovery(member=False, reason=reason, cluster_name=request.stack_name)
-    stacks = discovery.federation_stacks(clients, config.regions_to_search(request.region), federation, config)
+    declared = registry.federation(clients("ssm", config.deployment_region), config, federation)
+    admission = declared.admission(stack["StackId"]) if declared else None
+    if declared is None or admission is None:
+        reason = (f"not admitted: federation {federation} is not declared in the registry ({registry.root(config)})"
+                  if declared is None else
+                  f"not admitted: no registry entry or admission rule of federation {federation} admits {stack['StackId']}")
+        logger.warning("tagged cluster not admitted: nothing changes", extra={"stack": stack["StackId"], "reason": reason})
+        return Discovery(member=False, not_admitted=True, reason=reason, federation=federation,
+                         cluster_name=request.stack_name, stack_id=stack["StackId"])
+    stacks = discovery.federation_stacks(clients, config.regions_to_search(request.region), declared, config)
     if not any(s["StackId"] == stack["StackId"] for _, s in stacks):
         stacks.append((request.region, stack))
-    members = [discovery.member(clients, s, region, federation, config) for region, s in stacks]
-    return Discovery(member=True, reason=reason, federation=federation, cluster_name=request.stack_name, members=members)
+    members = [discovery.member(clients, s, region, declared, config) for region, s in stacks]
+    return Discovery(member=True, reason=admission, federation=federation, cluster_name=request.stack_name,
+                     stack_id=stack["StackId"], members=members)
+
+
+def federation_settings(clients: ClientFactory, federation: str, config: Settings) -> Settings:
+    """The deployment's settings with the registry's overrides for ``federation`` (when it is declared)."""
+    declared = registry.federation(clients("ssm", config.deployment_region), config, federation)
+    return declared.settings(config) if declared else config
 
 
 def read_slurm_settings(clients: ClientFactory, member: Member, config: Settings) -> Member:
@@ -91,15 +114,21 @@ def head_slurm_settings(clients: ClientFactory, region: str, instance_id: str, c
     return SlurmSettings.model_validate(results[instance_id].result)
 
 
+def _requested(request: PairingRequest, members: list[Member]) -> Member:
+    """The member the request is about: by StackId (events, the sweep), else by name and region (by hand)."""
+    return next(m for m in members if m.stack_id == request.stack_id or
+                (request.stack_id is None and m.cluster_name == request.stack_name and m.region == request.region))
+
+
 def _split(request: PairingRequest, members: list[Member]) -> tuple[Member, Member, list[Member]]:
-    new = next(m for m in members if m.cluster_name == request.stack_name)
+    new = _requested(request, members)
     accounting = [m for m in members if m.is_accounting]
     if len(accounting) != 1:
-        names = ", ".join(m.cluster_name for m in accounting) or "none"
         raise PrerequisiteFailed(
-            f"federation {new.federation} must have exactly one cluster tagged as accounting, found: {names}"
+            f"federation {new.federation}: its accounting cluster (the registry's accountingStackArn) is not a live, "
+            "tagged stack with a running head node: create it, or declare the federation's accounting cluster anew"
         )
-    peers = [m for m in members if m.cluster_name != new.cluster_name]
+    peers = [m for m in members if m.stack_id != new.stack_id]
     return new, accounting[0], peers
 
 
@@ -131,7 +160,7 @@ def check_prerequisites(request: PairingRequest, members: list[Member]) -> list[
             )
     passed.append(f"ClusterName {new.slurm.cluster_name} is unique in the federation")
     registered_host = accounting.slurm.control_hosts().get(new.slurm.cluster_name)
-    if registered_host and registered_host != new.head_node.private_ip and new.cluster_name != accounting.cluster_name:
+    if registered_host and registered_host != new.head_node.private_ip and new.stack_id != accounting.stack_id:
         problems.append(
             f"ClusterName {new.slurm.cluster_name} is already registered in the federation's accounting by a live "
             f"slurmctld at {registered_host}: give the new cluster another name, or stop that cluster first"
@@ -183,8 +212,10 @@ def plan(clients: ClientFactory, request: PairingRequest, members: list[Member],
     return Plan(
         federation=new.federation,
         cluster_name=new.cluster_name,
+        stack_id=new.stack_id,
         slurm_cluster_name=new.slurm.cluster_name,
         accounting_cluster=accounting.cluster_name,
+        accounting_stack_id=accounting.stack_id,
         peers=[p.cluster_name for p in peers],
         ingress_rules=rules,
         munge_key=KeyPlan(
@@ -199,19 +230,20 @@ def plan(clients: ClientFactory, request: PairingRequest, members: list[Member],
     )
 
 
-def authorize_ingress(clients: ClientFactory, the_plan: Plan, execution: str) -> list[AddedRule]:
+def authorize_ingress(clients: ClientFactory, the_plan: Plan, execution: str, config: Settings) -> list[AddedRule]:
     """Add the planned rules (again checking they are missing, so a re-run adds nothing)."""
-    return ingress.authorize(lambda region: clients("ec2", region), the_plan.ingress_rules, the_plan.federation, execution)
+    return ingress.authorize(lambda region: clients("ec2", region), the_plan.ingress_rules, the_plan.federation,
+                             execution, config.deployment_id)
 
 
-def _member(members: list[Member], name: str) -> Member:
-    return next(m for m in members if m.cluster_name == name)
+def _member(members: list[Member], stack_id: str) -> Member:
+    return next(m for m in members if m.stack_id == stack_id)
 
 
 def sync_munge_key(clients: ClientFactory, the_plan: Plan, members: list[Member], execution: str, config: Settings) -> dict[str, Any]:
     """Make sure the federation secret holds the accounting cluster's key and the new member runs it."""
-    new = _member(members, the_plan.cluster_name)
-    accounting = _member(members, the_plan.accounting_cluster)
+    new = _member(members, the_plan.stack_id)
+    accounting = _member(members, the_plan.accounting_stack_id)
     secrets = clients("secretsmanager", accounting.region)
     arn, has_value = munge_secret.ensure_secret(secrets, the_plan.munge_key.secret_name, the_plan.federation, config)
     # The new member reads the key to install it; RestoreSecretAccess takes that back if the pairing rolls back.
@@ -259,7 +291,7 @@ def point_accounting(clients: ClientFactory, the_plan: Plan, members: list[Membe
     """Point the new member's slurmctld at the federation's slurmdbd."""
     if the_plan.accounting is None:
         return {"changed": False, "reason": "the cluster is the accounting cluster"}
-    new = _member(members, the_plan.cluster_name)
+    new = _member(members, the_plan.stack_id)
     parameters = {"Host": v.ipv4(the_plan.accounting.host), "Port": str(the_plan.accounting.port),
                   "BackupId": execution, "StopLocalSlurmdbd": the_plan.accounting.stop_local_slurmdbd}
     results = node_commands.run_script_checked(
@@ -275,12 +307,12 @@ def verify(clients: ClientFactory, the_plan: Plan, members: list[Member], config
 
     The checks on the two head nodes run side by side (commands in flight together), three rounds in all.
     """
-    new = _member(members, the_plan.cluster_name)
-    accounting = _member(members, the_plan.accounting_cluster)
+    new = _member(members, the_plan.stack_id)
+    accounting = _member(members, the_plan.accounting_stack_id)
     assert new.slurm
     deadline = config.verify_deadline_seconds
     peers = {new.cluster_name: verification_peers(new, accounting, members)}
-    if accounting.cluster_name != new.cluster_name:
+    if accounting.stack_id != new.stack_id:
         peers[accounting.cluster_name] = [new.slurm.cluster_name]
     checks: dict[str, Any] = {}
     in_flight = {
@@ -298,7 +330,7 @@ def verify(clients: ClientFactory, the_plan: Plan, members: list[Member], config
         if not result.ok:
             raise VerificationFailed(f"on {name}: {result.result.get('error') or result.status}")
         checks[name] = result.result
-    if accounting.cluster_name != new.cluster_name:
+    if accounting.stack_id != new.stack_id:
         checks["munge"] = _munge_round_trips(clients, [new, accounting])
     return checks
 
@@ -312,7 +344,7 @@ def verification_peers(new: Member, accounting: Member, members: list[Member]) -
     return [
         m.slurm.cluster_name
         for m in members
-        if m.cluster_name != new.cluster_name and m.slurm and (m.cluster_name == accounting.cluster_name or m.slurm.cluster_name in live)
+        if m.stack_id != new.stack_id and m.slurm and (m.stack_id == accounting.stack_id or m.slurm.cluster_name in live)
     ]
 
 
@@ -351,7 +383,7 @@ def _munge_round_trips(clients: ClientFactory, heads: list[Member]) -> dict[str,
 
 def restore_backups(clients: ClientFactory, request: PairingRequest, members: list[Member], config: Settings) -> dict[str, Any]:
     """Compensation: restore every file this execution backed up on the new member's nodes, restart daemons."""
-    new = _member(members, request.stack_name)
+    new = _requested(request, members)
     ssm = clients("ssm", new.region)
     restored: dict[str, Any] = {}
     # Head node first: compute nodes copy the key from its shared dir.

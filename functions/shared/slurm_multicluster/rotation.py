@@ -10,6 +10,9 @@ The Lambdas hold no secretsmanager:GetSecretValue: they see fingerprints and ver
 
 from __future__ import annotations
 
+import datetime
+import hashlib
+import json
 import re
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -19,7 +22,7 @@ from aws_lambda_powertools import Logger
 from botocore.exceptions import ClientError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from slurm_multicluster import discovery, munge_secret, node_commands
+from slurm_multicluster import discovery, munge_secret, node_commands, registry
 from slurm_multicluster import validation as v
 from slurm_multicluster.errors import InvalidInput, NodeCommandFailed, PairingError, PrerequisiteFailed, VerificationFailed
 from slurm_multicluster.models import ExecutionName, FederationName, Member, Region, StateModel
@@ -56,7 +59,7 @@ class RotationRequest(StateModel):
 
     federation: FederationName
     region: Region
-    trigger: Literal["manual", "schedule"]
+    trigger: Literal["manual", "schedule", "eviction"]
     execution_name: ExecutionName
     version_id: str = Field(description="ClientRequestToken of the new key's version, derived from the execution")
 
@@ -142,7 +145,7 @@ class _RotationInput(BaseModel):
     model_config = ConfigDict(extra="forbid")
     federation: str
     region: str
-    trigger: Literal["manual", "schedule"] = "manual"
+    trigger: Literal["manual", "schedule", "eviction"] = "manual"  # eviction: a member was revoked
 
 
 def version_id_for(execution_id: str) -> str:
@@ -174,13 +177,14 @@ def normalize(event: Any, execution_name: str, execution_id: str) -> RotationReq
 
 def discover_members(clients: ClientFactory, request: RotationRequest, config: Settings) -> list[Member]:
     """Every live member of the federation, with head, compute and login nodes (AWS side only)."""
-    stacks = discovery.federation_stacks(clients, config.regions_to_search(request.region), request.federation, config)
+    declared = registry.declared(clients, config, request.federation)
+    stacks = discovery.federation_stacks(clients, config.regions_to_search(request.region), declared, config)
     if not stacks:
         raise PrerequisiteFailed(
-            f"federation {request.federation} has no member: no live ParallelCluster stack is tagged "
-            f"{config.federation_tag_key}={request.federation} in {', '.join(config.regions_to_search(request.region))}"
+            f"federation {request.federation} has no member: no live ParallelCluster stack that the registry admits is "
+            f"tagged {config.federation_tag_key}={request.federation} in {', '.join(config.regions_to_search(request.region))}"
         )
-    members = [discovery.member(clients, stack, region, request.federation, config) for region, stack in stacks]
+    members = [discovery.member(clients, stack, region, declared, config) for region, stack in stacks]
     logger.info("federation members", extra={"members": [m.cluster_name for m in members]})
     return members
 
@@ -202,9 +206,9 @@ def check_prerequisites(clients: ClientFactory, request: RotationRequest, member
     """Everything that must hold before the first change; raises PrerequisiteFailed listing every problem."""
     accounting = [m for m in members if m.is_accounting]
     if len(accounting) != 1:
-        names = ", ".join(m.cluster_name for m in accounting) or "none"
         raise PrerequisiteFailed(
-            f"federation {request.federation} must have exactly one cluster tagged as accounting, found: {names}"
+            f"federation {request.federation}: its accounting cluster (the registry's accountingStackArn) is not a "
+            "live, tagged stack with a running head node"
         )
     accounting_member = accounting[0]
     problems = []
@@ -537,3 +541,62 @@ def roll_back_member(clients: ClientFactory, step: MemberStep, config: Settings)
     if failures:
         raise RollbackFailed(f"{member.cluster_name}: {'; '.join(failures)}")
     return MemberOutcome(cluster_name=member.cluster_name, ok=True, nodes=nodes)
+
+
+# ---------------------------------------------------------------- starting rotations (schedule, eviction)
+
+
+def start_rotation(sfn: Any, state_machine_arn: str, federation: str, region: str, trigger: str, name: str) -> str:
+    """Start the rotation state machine for ``federation`` under the execution name ``name`` (deterministic, so a
+    retried start finds its execution instead of starting a second one); the execution ARN."""
+    v.require(v.FEDERATION_NAME, federation, "federation name")
+    v.require(v.BACKUP_ID, name, "rotation execution name")
+    try:
+        arn = sfn.start_execution(stateMachineArn=state_machine_arn, name=name, input=json.dumps(
+            {"federation": federation, "region": region, "trigger": trigger}))["executionArn"]
+    except ClientError as error:
+        if error.response["Error"]["Code"] != "ExecutionAlreadyExists":
+            raise
+        arn = state_machine_arn.replace(":stateMachine:", ":execution:") + f":{name}"
+    logger.info("rotation started", extra={"federation": federation, "trigger": trigger, "execution": arn})
+    return arn
+
+
+def scheduled_execution_name(federation: str, now: datetime.datetime) -> str:
+    """One scheduled rotation per federation per day (a repeated check that day finds it), at most 80 characters."""
+    digest = hashlib.sha256(federation.encode()).hexdigest()[:8]
+    return f"scheduled-{now:%Y%m%d}-{federation[:50]}-{digest}"
+
+
+def key_age_days(secretsmanager: Any, secret_name: str, now: datetime.datetime) -> float | None:
+    """Days since the federation secret's AWSCURRENT version was created (metadata only), None without one."""
+    versions, token = [], None
+    try:
+        while True:  # botocore has no paginator for ListSecretVersionIds
+            page = secretsmanager.list_secret_version_ids(SecretId=secret_name, **({"NextToken": token} if token else {}))
+            versions += [version for version in page["Versions"] if "AWSCURRENT" in version.get("VersionStages", [])]
+            token = page.get("NextToken")
+            if not token:
+                break
+    except ClientError as error:
+        if error.response["Error"]["Code"] == "ResourceNotFoundException":
+            return None
+        raise
+    if not versions:
+        return None
+    return (now - versions[0]["CreatedDate"]).total_seconds() / 86400
+
+
+def rotations_due(clients: ClientFactory, config: Settings, now: datetime.datetime) -> list[dict[str, Any]]:
+    """Every declared federation with a rotationDays whose key is at least that old: what the daily check rotates."""
+    due = []
+    for declared in registry.federations(clients("ssm", config.deployment_region), config):
+        days = declared.declaration.rotation_days
+        if days is None:
+            continue
+        region = declared.declaration.accounting_stack_arn.split(":")[3]  # the secret lives with the accounting cluster
+        age = key_age_days(clients("secretsmanager", region), config.munge_key_secret_name(declared.name), now)
+        if age is not None and age >= days:
+            due.append({"federation": declared.name, "region": region, "keyAgeDays": round(age, 1), "rotationDays": days})
+    logger.info("rotations due", extra={"due": due})
+    return due

@@ -17,7 +17,7 @@ from aws_lambda_powertools import Logger
 from botocore.exceptions import ClientError
 from pydantic import BaseModel, ConfigDict, StrictBool, ValidationError
 
-from slurm_multicluster import discovery
+from slurm_multicluster import discovery, registry
 from slurm_multicluster import validation as v
 from slurm_multicluster.errors import InvalidInput
 from slurm_multicluster.models import ClusterName, ExecutionName, FederationName, Region, StateModel
@@ -50,20 +50,23 @@ class SweepState(StateModel):
 
 
 class TaggedCluster(StateModel):
-    """One cluster the sweep checks."""
+    """One cluster the sweep checks: tagged and admitted."""
 
     cluster: ClusterName
+    stack_id: str | None = None
     federation: FederationName
     region: Region
     is_accounting: bool = False
 
 
 class UncheckedStack(StateModel):
-    """A stack the sweep could not check (an invalid federation tag value): a failed line of the report."""
+    """A tagged stack the sweep did not check: its federation tag value is invalid (a failed line of the report),
+    or the registry does not admit it (listed as not admitted, for an administrator to decide)."""
 
     cluster: str
     region: str
     error: str
+    not_admitted: bool = False
 
 
 class SweepClusters(StateModel):
@@ -121,6 +124,7 @@ class SweepReport(StateModel):
     drifted: list[DriftedCluster]
     repaired: list[DriftedCluster]
     failed: list[FailedCluster]
+    not_admitted: list[str] = []  # tagged stacks (StackIds) that no registry entry admits: nothing was done to them
 
 
 # ---------------------------------------------------------------- the request
@@ -154,17 +158,24 @@ def normalize(event: Any, execution_name: str) -> SweepRequest:
 
 def tagged_clusters(clients: ClientFactory, request: SweepRequest, config: Settings) -> SweepClusters:
     """Every live top-level ParallelCluster stack carrying the federation tag in the configured regions (only
-    ``request.federation``'s when given). Members go before their federation's accounting cluster, so its
-    verification sees the members already repaired. A stack whose tag value is invalid is reported, not dropped."""
+    ``request.federation``'s when given) that the registry admits. Members go before their federation's
+    accounting cluster, so its verification sees the members already repaired. A stack whose tag value is
+    invalid, or that no registry entry admits, is reported, not dropped."""
+    declared = {f.name: f for f in registry.federations(clients("ssm", config.deployment_region), config)}
     clusters, unchecked = [], []
     for region, stack in discovery.live_stacks(clients, config.regions_to_search(config.deployment_region)):
         try:
             federation, _ = discovery.membership(stack, config)
             if federation is None or (request.federation and federation != request.federation):
                 continue
+            if federation not in declared or declared[federation].admission(stack["StackId"]) is None:
+                unchecked.append(UncheckedStack(cluster=stack["StackName"], region=region, not_admitted=True,
+                                                error=f"{stack['StackId']} asks to join {federation} (its tag) but "
+                                                      "the registry does not admit it"))
+                continue
             clusters.append(TaggedCluster(
-                cluster=stack["StackName"], federation=federation, region=region,
-                is_accounting=discovery.tags_of(stack).get(config.role_tag_key) == config.accounting_role,
+                cluster=stack["StackName"], stack_id=stack["StackId"], federation=federation, region=region,
+                is_accounting=declared[federation].is_accounting(stack["StackId"]),
             ))
         except (InvalidInput, ValidationError) as error:
             unchecked.append(UncheckedStack(cluster=stack["StackName"], region=region, error=str(error).splitlines()[0]))
@@ -187,6 +198,8 @@ def start_pairing_run(sfn: Any, pairing_state_machine_arn: str, run: PairingRun)
     """Start the pairing state machine on one cluster with the manual request format (dryRun as the sweep's)."""
     name = pairing_execution_name(run.request.execution_name, run.cluster.cluster)
     pairing_input = {"stackName": run.cluster.cluster, "region": run.cluster.region, "dryRun": run.request.dry_run}
+    if run.cluster.stack_id:  # the identity: a same-named stack created meanwhile is another cluster
+        pairing_input["stackId"] = run.cluster.stack_id
     try:
         arn = sfn.start_execution(stateMachineArn=pairing_state_machine_arn, name=name,
                                   input=json.dumps(pairing_input))["executionArn"]
@@ -281,7 +294,8 @@ def report(given: ReportInput) -> SweepReport:
     """The sweep report: which clusters are in sync, drifted, were repaired (not with dryRun), or failed."""
     rules = missing_rules_by_cluster(given.results)
     in_sync, drifted, repaired = [], [], []
-    failed = [FailedCluster(cluster=u.cluster, error=f"not checked: {u.error}") for u in given.unchecked]
+    failed = [FailedCluster(cluster=u.cluster, error=f"not checked: {u.error}") for u in given.unchecked
+              if not u.not_admitted]
     for result in given.results:
         if result.status != "SUCCEEDED" or result.plan is None:
             failed.append(FailedCluster(cluster=result.cluster, federation=result.federation,
@@ -303,6 +317,7 @@ def report(given: ReportInput) -> SweepReport:
         drifted=drifted,
         repaired=repaired,
         failed=failed,
+        not_admitted=[u.error.split(" ", 1)[0] for u in given.unchecked if u.not_admitted],
     )
 
 

@@ -6,11 +6,12 @@ action ("pair" or "unpair") and ends at once for the other.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 from aws_lambda_powertools.utilities.parser.models import EventBridgeModel
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from slurm_multicluster import registry
 from slurm_multicluster import validation as v
 from slurm_multicluster.errors import InvalidInput
 from slurm_multicluster.models import PairingRequest
@@ -54,11 +55,63 @@ class TagChangeEvent(EventBridgeModel):
     detail: TagChange
 
 
+class ParameterChange(BaseModel):
+    operation: str
+    name: str
+
+
+class ParameterChangeEvent(EventBridgeModel):
+    """EventBridge "Parameter Store Change" (source aws.ssm): a registry entry was created, updated or deleted."""
+
+    detail: ParameterChange
+
+
+# A registry change starts a workflow only for member entries: admitted -> pair the stack (if it asks, by its
+# tag), revoked -> unpair it and rotate the rest. A federation's settings naming its accounting cluster pair that.
+ADMITTING_OPERATIONS = {"Create", "Update"}
+REVOKING_OPERATIONS = {"Delete"}
+
+
+def _registry_change(event: dict[str, Any], execution_name: str, deployment_id: str,
+                     read_parameter: Callable[[str], str | None] | None) -> PairingRequest:
+    parsed = ParameterChangeEvent.model_validate(event)
+    name, operation = parsed.detail.name, parsed.detail.operation
+    ignore = {"action": "ignore", "stack_name": "none", "region": v.require(v.REGION, parsed.region, "region"),
+              "trigger": "registry", "event_id": parsed.id, "execution_name": execution_name}
+    prefix = f"/slurm-multicluster/{deployment_id}/federations/"
+    if not name.startswith(prefix):
+        return PairingRequest(reason="a parameter outside this deployment's registry", **ignore)
+    member = registry.stack_arn_of_member_parameter(name, v.require(registry.ACCOUNT, parsed.account, "account"))
+    if member is not None:
+        federation, stack_arn = member
+        stack_name, region = _stack_name_from_arn(stack_arn)
+        action = "pair" if operation in ADMITTING_OPERATIONS else "unpair" if operation in REVOKING_OPERATIONS else "ignore"
+        return PairingRequest(
+            action=action, reason=f"registry entry {operation}: {name}", stack_name=stack_name, stack_id=stack_arn,
+            region=v.require(v.REGION, region, "region"), federation=federation if action == "unpair" else None,
+            trigger="revoked" if action == "unpair" else "admitted", event_id=parsed.id, execution_name=execution_name,
+        )
+    if name.endswith("/settings") and operation in ADMITTING_OPERATIONS and read_parameter is not None:
+        value = read_parameter(name)
+        try:
+            declaration = registry.Declaration.model_validate_json(value or "")
+        except ValidationError:
+            return PairingRequest(reason=f"registry entry {name} is not a valid federation declaration", **ignore)
+        stack_name, region = _stack_name_from_arn(declaration.accounting_stack_arn)
+        return PairingRequest(
+            action="pair", reason=f"federation declared: {name}", stack_name=stack_name,
+            stack_id=declaration.accounting_stack_arn, region=v.require(v.REGION, region, "region"),
+            trigger="declared", event_id=parsed.id, execution_name=execution_name,
+        )
+    return PairingRequest(reason=f"registry entry {operation} that starts nothing: {name}", **ignore)
+
+
 class ManualRequest(BaseModel):
     """What an admin passes to `sam remote invoke` (events/manual-pair.json, events/manual-unpair.json)."""
 
     model_config = ConfigDict(populate_by_name=True, extra="forbid")
     stack_name: str = Field(alias="stackName")
+    stack_id: str | None = Field(default=None, alias="stackId")  # the identity, when the caller knows it
     region: str
     dry_run: bool = Field(default=False, alias="dryRun")
     remove_from_accounting: bool | None = Field(default=None, alias="removeFromAccounting")
@@ -95,14 +148,18 @@ def _tag_change(event: dict[str, Any], execution_name: str, tag_key: str) -> Pai
 
 
 def normalize(event: dict[str, Any], execution_name: str, workflow: str = "pairing",
-              tag_key: str = "slurm-multicluster:federation") -> PairingRequest:
+              tag_key: str = "slurm-multicluster:federation", deployment_id: str = "default",
+              read_parameter: Callable[[str], str | None] | None = None) -> PairingRequest:
     """Validate the trigger strictly; hostile or malformed values raise InvalidInput before anything else runs.
 
     ``workflow`` ("pairing" or "unpairing") is the state machine asking: a manual request means its action.
+    ``read_parameter`` reads a registry parameter (a federation's declaration names its accounting cluster).
     """
     if workflow not in ("pairing", "unpairing"):
         raise InvalidInput(f"invalid workflow {workflow!r}: must be pairing or unpairing")
     try:
+        if event.get("detail-type") == "Parameter Store Change":
+            return _registry_change(event, execution_name, deployment_id, read_parameter)
         if event.get("detail-type") == "Tag Change on Resource":
             return _tag_change(event, execution_name, tag_key)
         if "detail-type" in event:
@@ -128,10 +185,15 @@ def normalize(event: dict[str, Any], execution_name: str, workflow: str = "pairi
             raise InvalidInput("invalid unpairing request: dryRun is a pairing option")
         if manual.federation is not None and not unpair:
             raise InvalidInput("invalid pairing request: federation is an unpairing option (pairing reads the stack tag)")
+        if manual.stack_id is not None:
+            name, region = _stack_name_from_arn(manual.stack_id)
+            if (name, region) != (manual.stack_name, manual.region):
+                raise InvalidInput("invalid request: stackId names another stack or region than stackName and region")
         return PairingRequest(
             action="unpair" if unpair else "pair",
             reason="manual request",
             stack_name=manual.stack_name,
+            stack_id=manual.stack_id,
             region=manual.region,
             dry_run=manual.dry_run,
             remove_from_accounting=manual.remove_from_accounting,

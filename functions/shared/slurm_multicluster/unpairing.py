@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 from aws_lambda_powertools import Logger
 
-from slurm_multicluster import discovery, ingress, munge_secret, node_commands, pairing
+from slurm_multicluster import discovery, ingress, munge_secret, node_commands, pairing, registry
 from slurm_multicluster import validation as v
 from slurm_multicluster.errors import InvalidInput, PrerequisiteFailed
 from slurm_multicluster.models import AddedRule, Member, PairingRequest, StateModel
@@ -61,51 +61,74 @@ def _stack_security_groups(cloudformation: Any, stack: str) -> list[str]:
     ]
 
 
-def _head_instance(ec2: Any, cluster_name: str) -> dict[str, Any] | None:
-    found = discovery.instances(ec2, discovery.cluster_filters(cluster_name, "HeadNode", NOT_TERMINATED))
+def _head_instance(ec2: Any, stack_id: str) -> dict[str, Any] | None:
+    """The stack's head node (by CloudFormation's own tags), while it is not terminated."""
+    found = discovery.instances(ec2, discovery.head_node_filters(stack_id, NOT_TERMINATED))
     return found[0] if len(found) == 1 else None
 
 
+def _not_departing(request: PairingRequest, reason: str, stack_id: str | None = None) -> Departure:
+    logger.info("not a departing member: nothing to undo", extra={"stack": stack_id or request.stack_name,
+                                                                 "reason": reason})
+    return Departure(member=False, reason=reason, cluster_name=request.stack_name, region=request.region,
+                     stack_id=stack_id)
+
+
 def discover_departure(clients: ClientFactory, request: PairingRequest, config: Settings) -> Departure:
-    """Which federation the cluster leaves and which security groups it had. Reads only."""
+    """Which federation the cluster leaves and which security groups it had. Reads only.
+
+    The cluster is its StackId. Where it was paired comes from this deployment's own rules (tagged with the
+    StackId), not from its current tags: a tag changed to anything, or removed, still finds them. A cluster no rule
+    of ours names and no registry entry admits was never paired: nothing is changed.
+    """
     name, region = request.stack_name, request.region
     stack = discovery.describe_stack(clients("cloudformation", region), request.stack_id or name)
-    federation = None
+    stack_id = (stack or {}).get("StackId", request.stack_id)
+    if stack_id is None:
+        return _not_departing(request, "no such stack, and no StackId given: nothing of ours can name it")
+    v.require(v.STACK_ARN, stack_id, "stack ARN")
+    ec2_for = lambda r: clients("ec2", r)  # noqa: E731
+    paired_in = ingress.federations_of(ec2_for, config.regions_to_search(region), stack_id, config.deployment_id)
+    if len(paired_in) > 1:
+        raise PrerequisiteFailed(f"cluster {name} has rules of several federations ({', '.join(paired_in)}): "
+                                 "unpair it by hand from each")
+    tagged = None
     if stack is not None:
-        federation, reason = discovery.membership(stack, config)
+        try:
+            tagged, _ = discovery.membership(stack, config)
+        except InvalidInput:
+            tagged = None  # an invalid tag value: our rules still say where it was paired
+    federation = (paired_in or [request.federation or tagged])[0]
     if federation is None:
-        # The tag is gone (opt-out) or the stack is: the rules we tagged still say where it was paired.
-        ec2_for = lambda r: clients("ec2", r)  # noqa: E731
-        found = ingress.federations_of(ec2_for, config.regions_to_search(region), name)
-        if len(found) > 1:
-            raise PrerequisiteFailed(f"cluster {name} has rules of several federations ({', '.join(found)}): "
-                                     "unpair it by hand from each")
-        if not found and request.federation:
-            found = [request.federation]
-        if not found:
-            return Departure(member=False, reason="no federation tag and no rules of ours: it was never paired",
-                             cluster_name=name, region=region, stack_id=request.stack_id)
-        federation = v.require(v.FEDERATION_NAME, found[0], "federation name")
-        reason = "named in the request" if found == [request.federation] else "paired before (our rules name it)"
+        return _not_departing(request, "no rules of ours name it and no federation tag: it was never paired", stack_id)
+    v.require(v.FEDERATION_NAME, federation, "federation name")
     if request.federation and request.federation != federation:
         raise InvalidInput(f"cluster {name} is in federation {federation}, not {request.federation}")
-    groups = _stack_security_groups(clients("cloudformation", region), request.stack_id or name) if stack else []
-    head = _head_instance(clients("ec2", region), name)
+    declared = registry.federation(clients("ssm", config.deployment_region), config, federation)
+    admission = declared.admission(stack_id) if declared else None
+    if request.trigger == "revoked" and admission:
+        return _not_departing(request, f"the registry still admits it ({admission}): revoke that as well", stack_id)
+    if not paired_in and not request.federation and (admission is None or request.trigger == "revoked"):
+        return _not_departing(request, "never paired: no rules of ours name it (and the registry does not admit "
+                                       "it): nothing to undo", stack_id)
+    reason = ("paired before (our rules name it)" if paired_in else
+              "named in the request" if request.federation else "an admitted member")
+    groups = _stack_security_groups(clients("cloudformation", region), stack_id) if stack else []
+    head = _head_instance(clients("ec2", region), stack_id)
     if head is not None:
         groups += [g["GroupId"] for g in head.get("SecurityGroups", []) if g["GroupId"] not in groups]
-    tags = discovery.tags_of(stack) if stack else {}
     departure = Departure(
         member=True,
         reason=reason,
         federation=federation,
         cluster_name=name,
         region=region,
-        stack_id=(stack or {}).get("StackId", request.stack_id),
+        stack_id=stack_id,
         security_group_ids=[v.require(v.SECURITY_GROUP_ID, g, "security group id") for g in groups],
         head_node_ip=v.ipv4(head["PrivateIpAddress"]) if head and head.get("PrivateIpAddress") else None,
         head_instance_id=(v.require(v.INSTANCE_ID, head["InstanceId"], "instance id")
                           if head and head["State"]["Name"] == "running" else None),
-        is_accounting=tags.get(config.role_tag_key) == config.accounting_role,
+        is_accounting=bool(declared and declared.is_accounting(stack_id)),
     )
     logger.info("departing cluster", extra={"departure": departure.state()})
     return departure
@@ -115,20 +138,24 @@ def revoke_departing_ingress(clients: ClientFactory, departure: Departure, confi
     """Revoke every rule of ours that sits on, references or names the departing cluster (idempotent)."""
     assert departure.federation
     ec2_for = lambda region: clients("ec2", region)  # noqa: E731
+    assert departure.stack_id
     rules = ingress.rules_touching(ec2_for, config.regions_to_search(departure.region), departure.federation,
-                                   departure.cluster_name, departure.security_group_ids)
+                                   departure.stack_id, departure.security_group_ids, config.deployment_id)
     return ingress.revoke(ec2_for, rules)
 
 
 def remaining_members(clients: ClientFactory, departure: Departure, config: Settings) -> list[Member]:
-    """The members that stay: live tagged stacks of the federation, without the departing one."""
+    """The members that stay: live, tagged stacks the registry admits, without the departing one (by StackId: a
+    same-named stack in another region stays). A federation no longer declared has no member left."""
     assert departure.federation
-    stacks = discovery.federation_stacks(clients, config.regions_to_search(departure.region), departure.federation, config)
-    return [
-        discovery.member(clients, stack, region, departure.federation, config)
-        for region, stack in stacks
-        if stack["StackId"] != departure.stack_id and stack["StackName"] != departure.cluster_name
-    ]
+    declared = registry.federation(clients("ssm", config.deployment_region), config, departure.federation)
+    if declared is None:
+        logger.warning("the federation is no longer declared in the registry: no member remains",
+                       extra={"federation": departure.federation})
+        return []
+    stacks = discovery.federation_stacks(clients, config.regions_to_search(departure.region), declared, config)
+    return [discovery.member(clients, stack, region, declared, config)
+            for region, stack in stacks if stack["StackId"] != departure.stack_id]
 
 
 def update_secret_access(clients: ClientFactory, departure: Departure, remaining: list[Member], config: Settings) -> dict[str, Any]:
@@ -154,12 +181,18 @@ def update_secret_access(clients: ClientFactory, departure: Departure, remaining
 
 # The cluster stays (only its federation tag went, or an admin unpaired it by hand): give it back its own accounting.
 STAYING_TRIGGERS = {"tag-removed", "manual"}
+# Revoked by the registry: the cluster may be compromised, so nothing is run on it; the remaining members rotate.
+REVOKED_TRIGGER = "revoked"
 KEY_ADVICE = ("the departed cluster still holds the federation's munge key: rotate it (events/manual-rotate.json) "
               "so the departed cluster can no longer authenticate to the members")
 
 
 def detach_departing(clients: ClientFactory, request: PairingRequest, departure: Departure, config: Settings) -> dict[str, Any]:
     """A departing cluster that keeps running goes back to its own slurmdbd (the one its pairing stopped)."""
+    if request.trigger == REVOKED_TRIGGER:
+        return {"action": "none", "keyAdvice": "", "reason": (
+            "revoked by the registry: nothing is run on a cluster that may be compromised; the remaining members "
+            "rotate to a key it never saw")}
     if request.trigger not in STAYING_TRIGGERS:
         return {"action": "none", "reason": "the stack is being deleted: its nodes go with it", "keyAdvice": ""}
     if departure.is_accounting:
