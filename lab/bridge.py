@@ -182,7 +182,7 @@ def lab_cloud(
             logins = lab.logins(spec.name)
             mirror = create_cluster(networks[cluster_region], spec.name, head.ip, [n.ip for n in computes],
                                     tags.get(spec.name), login_ips=[n.ip for n in logins],
-                                    admit=(admit or {}).get(spec.name, "auto"))
+                                    admit=(admit or {}).get(spec.name, "auto"), registry_region=region)
             clusters[spec.name] = mirror
             node_of_instance[mirror.head_instance_id] = head.name
             node_of_instance.update(zip(mirror.compute_instance_ids, (n.name for n in computes)))

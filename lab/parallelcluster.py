@@ -91,6 +91,7 @@ def create_cluster(
     login_pool: str = "login",
     admit: str | None = "auto",
     deployment_id: str = "default",
+    registry_region: str | None = None,
 ) -> ClusterInAws:
     """Create a ParallelCluster-shaped stack and its instances; ``tags`` are the user's cluster tags.
 
@@ -145,10 +146,11 @@ def create_cluster(
     if admit == "auto":
         federation = (tags or {}).get(FEDERATION_TAG)
         admit = None if federation is None else "accounting" if (tags or {}).get(LAB_ACCOUNTING_TAG) == "accounting" else "member"
+    registry_region = registry_region or region  # the registry lives in the deployment's region
     if admit == "accounting":
-        declare_federation(region, (tags or {})[FEDERATION_TAG], stack_id, deployment_id=deployment_id)
+        declare_federation(registry_region, (tags or {})[FEDERATION_TAG], stack_id, deployment_id=deployment_id)
     elif admit == "member":
-        admit_cluster(region, (tags or {})[FEDERATION_TAG], stack_id, deployment_id=deployment_id)
+        admit_cluster(registry_region, (tags or {})[FEDERATION_TAG], stack_id, deployment_id=deployment_id)
     return cluster
 
 

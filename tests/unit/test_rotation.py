@@ -71,13 +71,21 @@ def secrets(monkeypatch):
 
 REQUEST = rotation.RotationRequest(federation="hpc", region="us-east-1", trigger="manual", execution_name="e1",
                                    version_id="0" * 36)
+KEY_ARN = "arn:aws:kms:us-east-1:123456789012:key/11111111-2222-3333-4444-555555555555"
+CONFIG = Settings(munge_key_kms_key_arn=KEY_ARN)  # the template's MungeKeyEncryptionKey
+SECRET = "slurm-multicluster/default/hpc/munge-key"
+
+
+def _our_secret(secrets, value: str) -> None:
+    """The federation secret as a pairing of this deployment creates it (its tag and its KMS key)."""
+    secrets.create_secret(Name=SECRET, SecretString=value, KmsKeyId=KEY_ARN,
+                          Tags=[{"Key": "slurm-multicluster:deployment", "Value": "default"}])
 
 
 def test_a_paired_federation_is_ready_to_rotate(secrets):
-    secrets.create_secret(Name="slurm-multicluster/default/hpc/munge-key",
-                          SecretString=base64.b64encode(os.urandom(64)).decode())
+    _our_secret(secrets, base64.b64encode(os.urandom(64)).decode())
     plan = rotation.check_prerequisites(lambda service, region: secrets, REQUEST,
-                                        [_member("alpha", True), _member("beta")], Settings())
+                                        [_member("alpha", True), _member("beta")], CONFIG)
     assert plan.accounting_cluster == "alpha" and plan.clusters == ["alpha", "beta"]
     assert plan.current_sha256 == "a" * 64 and plan.current_version_id
 
@@ -90,14 +98,26 @@ def test_a_paired_federation_is_ready_to_rotate(secrets):
     ([_member("alpha", True, dbd=False), _member("beta")], "alpha: the federation's slurmdbd is not active"),
 ])
 def test_each_broken_prerequisite_is_named(secrets, members, says):
-    secrets.create_secret(Name="slurm-multicluster/default/hpc/munge-key", SecretString="QUFBQQ==")
+    _our_secret(secrets, "QUFBQQ==")
     with pytest.raises(PrerequisiteFailed, match=says):
-        rotation.check_prerequisites(lambda service, region: secrets, REQUEST, members, Settings())
+        rotation.check_prerequisites(lambda service, region: secrets, REQUEST, members, CONFIG)
 
 
 def test_a_federation_never_paired_has_no_secret_to_rotate(secrets):
     with pytest.raises(PrerequisiteFailed, match="does not exist: pair a member first"):
-        rotation.check_prerequisites(lambda service, region: secrets, REQUEST, [_member("alpha", True)], Settings())
+        rotation.check_prerequisites(lambda service, region: secrets, REQUEST, [_member("alpha", True)], CONFIG)
+
+
+@pytest.mark.parametrize("created", [
+    {},  # by hand, no tag, the default aws/secretsmanager key
+    {"Tags": [{"Key": "slurm-multicluster:deployment", "Value": "other"}], "KmsKeyId": KEY_ARN},
+    {"Tags": [{"Key": "slurm-multicluster:deployment", "Value": "default"}],
+     "KmsKeyId": "arn:aws:kms:us-east-1:123456789012:key/99999999-2222-3333-4444-555555555555"},
+])
+def test_a_rotation_never_writes_into_a_secret_this_deployment_did_not_create(secrets, created):
+    secrets.create_secret(Name=SECRET, SecretString="QUFBQQ==", **created)
+    with pytest.raises(PrerequisiteFailed, match="was not created by slurm-multicluster deployment default"):
+        rotation.check_prerequisites(lambda service, region: secrets, REQUEST, [_member("alpha", True)], CONFIG)
 
 
 # ---------------------------------------------------------------- Map outcomes

@@ -21,6 +21,7 @@ from moto import mock_aws
 from lab import cloud
 from lab.parallelcluster import ClusterInAws, create_cluster, create_network
 from workflow.conftest import REGION
+from workflow.test_pairing_secret import deployment_key_arn
 from workflow.simulated_nodes import SimulatedFederation, SimulatedNode, sha256
 
 FEDERATION = "hpc"
@@ -91,7 +92,9 @@ def rotation_aws(aws_env: None) -> Iterator[RotationAws]:
             federation.add(SimulatedNode(f"{name}-head", name, "head", mirror.head_instance_id, sha256(key), sha256(key)))
             federation.add(SimulatedNode(f"{name}-compute-1", name, "compute", mirror.compute_instance_ids[0], sha256(key)))
         secrets = boto3.client("secretsmanager", region_name=REGION)
-        secrets.create_secret(Name=SECRET_NAME, SecretString=base64.b64encode(key).decode())
+        secrets.create_secret(  # as a pairing of this deployment leaves it: its tag, its KMS key
+            Name=SECRET_NAME, SecretString=base64.b64encode(key).decode(), KmsKeyId=deployment_key_arn(deployment),
+            Tags=[{"Key": "slurm-multicluster:deployment", "Value": "default"}])
         (initial,) = secrets.describe_secret(SecretId=SECRET_NAME)["VersionIdsToStages"]
         with cloud.real_lambda_handlers(deployment), \
                 cloud.ssm_runs_on(federation.execute, routable=federation.knows) as commands:

@@ -189,9 +189,10 @@ def discover_members(clients: ClientFactory, request: RotationRequest, config: S
     return members
 
 
-def _current_version(secretsmanager: Any, secret_name: str) -> tuple[str, str]:
-    """(ARN, version id holding AWSCURRENT) of the federation secret; PrerequisiteFailed when it has none."""
-    described = munge_secret.describe(secretsmanager, secret_name)
+def _current_version(secretsmanager: Any, secret_name: str, config: Settings) -> tuple[str, str]:
+    """(ARN, version id holding AWSCURRENT) of the federation secret; PrerequisiteFailed when it has none, or when
+    this deployment did not create it (a rotation must never write a new key into someone else's secret)."""
+    described = munge_secret.check_ours(secretsmanager, secret_name, config)
     if described is None:
         raise PrerequisiteFailed(
             f"the federation secret {secret_name} does not exist: pair a member first (the pairing creates it)"
@@ -229,7 +230,7 @@ def check_prerequisites(clients: ClientFactory, request: RotationRequest, member
             f"{accounting_member.cluster_name}'s: pair them (run the pairing workflow) before rotating the key"
         )
     secret_name = config.munge_key_secret_name(request.federation)
-    arn, current_version = _current_version(clients("secretsmanager", accounting_member.region), secret_name)
+    arn, current_version = _current_version(clients("secretsmanager", accounting_member.region), secret_name, config)
     return RotationPlan(
         federation=request.federation,
         secret_arn=arn,
