@@ -4,6 +4,9 @@ SHELL := /bin/bash
 
 VENV := .venv
 PY := $(VENV)/bin/python
+# checkov pins a boto3 older than ours (requirements-checkov.txt): a venv of its own.
+CHECKOV_VENV := .venv-checkov
+CHECKOV := $(CHECKOV_VENV)/bin/checkov --framework cloudformation --quiet --compact --skip-download
 # Lambda runs python3.12: prefer it (pyenv keeps it under its versions dir), else the system python3.
 PYTHON ?= $(firstword $(wildcard /root/.pyenv/versions/3.12*/bin/python3.12) $(shell command -v python3.12 2>/dev/null) python3)
 DEBIAN_PACKAGES := slurmctld slurmd slurm-client slurmdbd munge mariadb-server mariadb-client iproute2 util-linux procps shellcheck debootstrap
@@ -31,6 +34,12 @@ $(VENV)/.installed: requirements-dev.txt functions/shared/requirements.txt
 	$(PY) -m pip install -q -r requirements-dev.txt
 	touch $@
 
+$(CHECKOV_VENV)/.installed: requirements-checkov.txt
+	test -x $(CHECKOV_VENV)/bin/python || $(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/python -m pip install -q --upgrade pip
+	$(CHECKOV_VENV)/bin/python -m pip install -q -r requirements-checkov.txt
+	touch $@
+
 node_modules/.installed: package.json package-lock.json
 	npm ci --silent --no-audit --no-fund
 	touch $@
@@ -45,11 +54,13 @@ test: setup lint lab-roots
 unit: setup
 	$(PY) -m pytest tests/unit tests/node_scripts tests/workflow
 
-lint: setup
+lint: setup $(CHECKOV_VENV)/.installed
 	$(VENV)/bin/sam validate --lint
 	$(VENV)/bin/sam validate --lint -t node-documents.yaml
 	for f in statemachine/*.asl.json; do node_modules/.bin/asl-validator --json-path "$$f" || exit 1; done
 	shellcheck -x functions/shared/slurm_multicluster/node_scripts/*.sh
+	$(CHECKOV) -f template.yaml  # every skip carries its reason in place (Metadata: checkov: skip)
+	$(CHECKOV) -f node-documents.yaml
 
 # node-documents.yaml (the node scripts as SSM Command documents) from slurm_multicluster.ssm_documents
 documents: $(VENV)/.installed
@@ -67,4 +78,4 @@ bench-rotation: setup
 	$(PY) bench/rotation.py $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) node_modules .aws-sam .pytest_cache
+	rm -rf $(VENV) $(CHECKOV_VENV) node_modules .aws-sam .pytest_cache
