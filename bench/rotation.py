@@ -66,11 +66,8 @@ def tags(member: bool = True, accounting: bool = False) -> dict[str, str]:
 
 
 def opt_in(cloud: LabCloud, cluster: str) -> None:
-    """Add the federation tag to a running cluster's stack (members join one after the other)."""
-    cloudformation = boto3.client("cloudformation", region_name=cloud.region)
-    current = cloudformation.describe_stacks(StackName=cluster)["Stacks"][0]["Tags"]
-    cloudformation.update_stack(StackName=cluster, UsePreviousTemplate=True,
-                                Tags=[*current, *({"Key": k, "Value": v} for k, v in tags().items())])
+    """A running cluster asks to join and is admitted (members join one after the other)."""
+    cloud.opt_in(cluster, tags())
 
 
 def figures(arn: str, region: str) -> dict[str, Any]:

@@ -22,7 +22,7 @@ import requests
 
 from lab import cloud
 from lab.core import Lab
-from lab.parallelcluster import ClusterInAws, create_cluster, create_network
+from lab.parallelcluster import FEDERATION_TAG, ClusterInAws, admit_cluster, create_cluster, create_network
 
 FAKE_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_SESSION_TOKEN": "testing"}
 
@@ -55,6 +55,18 @@ class LabCloud:
         else:
             arn = cloud.start_execution(self.deployment, execution_input)
         return cloud.wait_for_execution(arn, self.region, timeout=timeout, on_event=on_event)
+
+    def opt_in(self, cluster: str, tags: dict[str, str], *, admit: bool = True) -> None:
+        """An existing cluster asks to join: its stack gets ``tags`` (an update keeps every resource); with ``admit``
+        an administrator also admits it by its StackId in the registry, as README "Security model" says."""
+        import boto3
+
+        cloudformation = boto3.client("cloudformation", region_name=self.clusters[cluster].region)
+        current = cloudformation.describe_stacks(StackName=self.clusters[cluster].stack_id)["Stacks"][0]["Tags"]
+        cloudformation.update_stack(StackName=self.clusters[cluster].stack_id, UsePreviousTemplate=True,
+                                    Tags=[*current, *({"Key": k, "Value": v} for k, v in tags.items())])
+        if admit:
+            admit_cluster(self.region, tags[FEDERATION_TAG], self.clusters[cluster].stack_id)
 
     def rotate(self, federation: str, *, on_event=None, timeout: float = 600) -> dict[str, Any]:
         """Run the munge key rotation of ``federation`` as `sam remote invoke` with events/manual-rotate.json does."""

@@ -14,8 +14,9 @@ from slurm_multicluster.lambda_step import logger, pairing_step
 from slurm_multicluster.state import PairingState
 
 persistence = DynamoDBPersistenceLayer(table_name=os.environ["IDEMPOTENCY_TABLE"])
-# EventBridge redelivers within hours at most; a day covers it.
-config = IdempotencyConfig(event_key_jmespath="eventId", expires_after_seconds=24 * 3600)
+# EventBridge redelivers within hours at most; a day covers it. One event may start both workflows (an update or
+# a tag change: the pairing re-applies, the unpairing looks for an opt-out): each claims it for its own action.
+config = IdempotencyConfig(event_key_jmespath="[eventId, action]", expires_after_seconds=24 * 3600)
 
 
 @idempotent_function(data_keyword_argument="claim", persistence_store=persistence, config=config)
@@ -31,7 +32,8 @@ def lambda_handler(state: PairingState, context: LambdaContext) -> dict:
         return {"duplicate": False, "owner": request.execution_name}
     config.register_lambda_context(context)
     try:
-        owner = claim_event(claim={"eventId": request.event_id, "executionName": request.execution_name})["owner"]
+        owner = claim_event(claim={"eventId": request.event_id, "action": request.action,
+                                   "executionName": request.execution_name})["owner"]
     except IdempotencyAlreadyInProgressError:
         owner = "another execution (in progress)"
     duplicate = owner != request.execution_name

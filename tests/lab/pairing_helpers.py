@@ -110,8 +110,5 @@ def jobs_in_every_direction(lab: Lab, clusters: list[str]) -> dict[str, dict[str
 
 
 def opt_in(cloud: LabCloud, cluster: str) -> None:
-    """The admin adds the federation tag to an existing cluster (its stack update keeps every resource)."""
-    cloudformation = boto3.client("cloudformation", region_name=cloud.region)
-    tags = cloudformation.describe_stacks(StackName=cluster)["Stacks"][0]["Tags"]
-    cloudformation.update_stack(StackName=cluster, UsePreviousTemplate=True,
-                                Tags=[*tags, *({"Key": k, "Value": v} for k, v in BETA_TAGS.items())])
+    """The admin adds the federation tag to an existing cluster and admits it in the registry."""
+    cloud.opt_in(cluster, BETA_TAGS)

@@ -139,9 +139,52 @@ def test_removing_the_federation_tag_opts_out_and_adding_it_opts_in(moto_aws, fe
         "UnpairingFailed"]
 
     added = route(cloud.tag_change_event(gamma.stack_id, REGION, [FEDERATION_KEY], {FEDERATION_KEY: "hpc"}))
-    assert cloud.state_names(added[cloud.UNPAIRING_STATE_MACHINE]["executionArn"], REGION)[-1] == "IgnoreTrigger"
+    assert cloud.state_names(added[cloud.UNPAIRING_STATE_MACHINE]["executionArn"], REGION)[-1] == "NotAFederationMember"
     pairing_states = cloud.state_names(added[cloud.PAIRING_STATE_MACHINE]["executionArn"], REGION)
     assert "DiscoverFederation" in pairing_states  # the opt-in starts a pairing of gamma
+
+
+def _untag(name: str, federation: str | None = None) -> None:
+    """UpdateStack with the federation tag removed (or set to ``federation``): what `pcluster update-cluster` does."""
+    tags = [{"Key": "parallelcluster:version", "Value": "3.11.1"}, {"Key": "parallelcluster:cluster-name", "Value": name}]
+    if federation is not None:
+        tags.append({"Key": FEDERATION_KEY, "Value": federation})
+    boto3.client("cloudformation", region_name=REGION).update_stack(StackName=name, UsePreviousTemplate=True, Tags=tags)
+
+
+def test_a_tag_removed_through_an_update_unpairs_on_update_complete_alone(moto_aws, federation, route):
+    gamma = federation["gamma"]
+    _untag("gamma")  # no aws.tag event arrives: only the stack's UPDATE_COMPLETE
+
+    outcomes = route(cloud.stack_status_event(gamma.stack_id, "UPDATE_COMPLETE", REGION))
+
+    assert set(outcomes) == {cloud.PAIRING_STATE_MACHINE, cloud.UNPAIRING_STATE_MACHINE}
+    assert cloud.state_names(outcomes[cloud.PAIRING_STATE_MACHINE]["executionArn"], REGION)[-1] == "NotAFederationMember"
+    unpairing = outcomes[cloud.UNPAIRING_STATE_MACHINE]
+    assert "RevokeDepartingIngress" in cloud.state_names(unpairing["executionArn"], REGION)
+    assert _ours_touching(gamma.security_group_id) == []
+    assert gamma.head_role_arn not in _secret_readers()
+
+
+def test_an_update_of_a_member_that_is_still_tagged_unpairs_nothing(moto_aws, federation, route):
+    beta = federation["beta"]
+    rules_before = sorted(r["SecurityGroupRuleId"] for r in _rules())
+    outcomes = route(cloud.stack_status_event(beta.stack_id, "UPDATE_COMPLETE", REGION))
+    unpairing = outcomes[cloud.UNPAIRING_STATE_MACHINE]
+    assert cloud.state_names(unpairing["executionArn"], REGION)[-1] == "NotAFederationMember"
+    assert "still asks to join hpc" in json.loads(unpairing["output"])["departure"]["reason"]
+    assert sorted(r["SecurityGroupRuleId"] for r in _rules()) == rules_before
+
+
+@pytest.mark.parametrize("value", ["other-federation", "not valid!"])
+def test_a_tag_value_changed_to_anything_still_unpairs_from_where_it_was_paired(moto_aws, federation, route, value):
+    gamma = federation["gamma"]
+    _untag("gamma", value)
+    outcomes = route(cloud.tag_change_event(gamma.stack_id, REGION, [FEDERATION_KEY], {FEDERATION_KEY: value}))
+    unpairing = outcomes[cloud.UNPAIRING_STATE_MACHINE]
+    assert "RevokeDepartingIngress" in cloud.state_names(unpairing["executionArn"], REGION), unpairing.get("cause")
+    assert _ours_touching(gamma.security_group_id) == []  # found by our rules' StackId tags, not by the tag value
+    assert gamma.head_role_arn not in _secret_readers()
 
 
 def test_tag_changes_of_other_keys_or_resources_start_nothing(moto_aws, federation, route):

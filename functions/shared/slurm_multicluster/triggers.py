@@ -22,6 +22,9 @@ PAIRING_STATUSES = {"CREATE_COMPLETE", "UPDATE_COMPLETE"}
 # DELETE_IN_PROGRESS unpairs while the cluster's security groups still exist: a rule of ours that references them
 # would make CloudFormation's deletion of the group fail (DependencyViolation).
 UNPAIRING_STATUSES = {"DELETE_IN_PROGRESS"}
+# A tag removed through UpdateStack shows up as UPDATE_COMPLETE (an aws.tag event may never come): the unpairing
+# looks at every update too, and unpairs only a stack that no longer asks to join but holds our rules.
+OPT_OUT_STATUSES = {"UPDATE_COMPLETE"}
 
 
 class StackStatusDetails(BaseModel):
@@ -125,7 +128,7 @@ def _stack_name_from_arn(arn: str) -> tuple[str, str]:
     return match["name"], match["region"]
 
 
-def _tag_change(event: dict[str, Any], execution_name: str, tag_key: str) -> PairingRequest:
+def _tag_change(event: dict[str, Any], execution_name: str, tag_key: str, workflow: str) -> PairingRequest:
     """Opt in (the federation tag added or changed) or opt out (the tag removed) of a stack."""
     parsed = TagChangeEvent.model_validate(event)
     if not parsed.resources:
@@ -135,6 +138,8 @@ def _tag_change(event: dict[str, Any], execution_name: str, tag_key: str) -> Pai
     relevant = (parsed.detail.service, parsed.detail.resource_type) == ("cloudformation", "stack") and (
         tag_key in parsed.detail.changed_tag_keys)
     action = "ignore" if not relevant else "pair" if tagged else "unpair"
+    if relevant and workflow == "unpairing":
+        action = "unpair"  # a value changed to another federation (or to anything) leaves the one it was paired in
     return PairingRequest(
         action=action,
         reason=f"tag {tag_key} {'set' if tagged else 'removed'}" if relevant else "tag change not about the federation tag",
@@ -161,12 +166,14 @@ def normalize(event: dict[str, Any], execution_name: str, workflow: str = "pairi
         if event.get("detail-type") == "Parameter Store Change":
             return _registry_change(event, execution_name, deployment_id, read_parameter)
         if event.get("detail-type") == "Tag Change on Resource":
-            return _tag_change(event, execution_name, tag_key)
+            return _tag_change(event, execution_name, tag_key, workflow)
         if "detail-type" in event:
             parsed = StackStatusChangeEvent.model_validate(event)
             name, region = _stack_name_from_arn(parsed.detail.stack_id)
             status = parsed.detail.status_details.status
             action = "pair" if status in PAIRING_STATUSES else "unpair" if status in UNPAIRING_STATUSES else "ignore"
+            if workflow == "unpairing" and status in OPT_OUT_STATUSES:
+                action = "unpair"  # DiscoverDeparture decides: still tagged -> nothing; tag gone, rules ours -> opt-out
             return PairingRequest(
                 action=action,
                 reason=f"stack status {status}",

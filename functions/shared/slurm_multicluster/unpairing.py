@@ -98,6 +98,8 @@ def discover_departure(clients: ClientFactory, request: PairingRequest, config: 
             tagged, _ = discovery.membership(stack, config)
         except InvalidInput:
             tagged = None  # an invalid tag value: our rules still say where it was paired
+    if request.trigger in OPT_OUT_TRIGGERS and tagged is not None and (not paired_in or paired_in == [tagged]):
+        return _not_departing(request, f"still asks to join {tagged} (its tag): not a departure", stack_id)
     federation = (paired_in or [request.federation or tagged])[0]
     if federation is None:
         return _not_departing(request, "no rules of ours name it and no federation tag: it was never paired", stack_id)
@@ -180,7 +182,10 @@ def update_secret_access(clients: ClientFactory, departure: Departure, remaining
 
 
 # The cluster stays (only its federation tag went, or an admin unpaired it by hand): give it back its own accounting.
-STAYING_TRIGGERS = {"tag-removed", "manual"}
+STAYING_TRIGGERS = {"tag-removed", "tag-added", "manual", "UPDATE_COMPLETE"}
+# Events that may or may not be a departure: the tag removed through UpdateStack (UPDATE_COMPLETE), or its value
+# changed to another federation or to anything invalid (tag-added): where our rules say it was paired decides.
+OPT_OUT_TRIGGERS = {"UPDATE_COMPLETE", "tag-added"}
 # Revoked by the registry: the cluster may be compromised, so nothing is run on it; the remaining members rotate.
 REVOKED_TRIGGER = "revoked"
 KEY_ADVICE = ("the departed cluster still holds the federation's munge key: rotate it (events/manual-rotate.json) "
