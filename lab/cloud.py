@@ -278,7 +278,9 @@ def real_lambda_handlers(deployment: Deployment) -> Iterator[None]:
             return moto_invoke(self, function_name, qualifier, body, headers, response_headers)
         os.environ.update(function.environment_vars)  # all functions share the Globals environment
         event = json.loads(body) if body else {}
-        context = LambdaContext(function.function_name, function.function_arn)
+        # the function's own Timeout, as on AWS: node_commands gives up before it runs out
+        context = LambdaContext(function.function_name, function.function_arn,
+                                deadline=time.monotonic() + int(function.timeout))
         try:
             handler = _handler(function.function_name, code_dir, function.handler)
             return json.dumps(handler(event, context)).encode()
@@ -372,13 +374,16 @@ def _prepare_command(backend: Any, document_name: str | None, sent: dict[str, li
 @contextmanager
 def ssm_runs_on(executor: Executor, routable: Callable[[str], bool]) -> Iterator[list[dict[str, Any]]]:
     """Make moto's SSM run Command documents as SSM does, each rendered invocation through ``executor``;
-    yields the list of invocations sent (command id, instance, document name, parameters, comment).
+    yields the list of invocations sent (command id, instance, document name, parameters, comment, and
+    ``Cancelled: True`` once a CancelCommand reached it while it ran).
 
     Instances that ``routable`` rejects behave like instances without the SSM agent: SendCommand fails with
     InvalidInstanceId, as it does on AWS.
     """
     from moto.ssm import models as ssm_models
     from moto.ssm.exceptions import SSMException
+
+    from moto.ssm import responses as ssm_responses
 
     sent: list[dict[str, Any]] = []
     original_send = ssm_models.SimpleSystemManagerBackend.send_command
@@ -397,6 +402,24 @@ def ssm_runs_on(executor: Executor, routable: Callable[[str], bool]) -> Iterator
     def targets(self: Any) -> list[str]:
         return moto_targets(self) if self.targets else []  # moto fans InstanceIds out to every instance
 
+    def cancel_command(self: Any, command_id: str, instance_ids: list[str]) -> None:
+        # SSM's CancelCommand (moto has none): an invocation not yet final ends Cancelled; the executor's later
+        # result is dropped (the lab does not kill the process it started)
+        command = self.get_command_by_id(command_id)
+        for invocation in command.invocations:
+            if (not instance_ids or invocation["InstanceId"] in instance_ids) and invocation["Status"] in (
+                    "Pending", "InProgress", "Delayed"):
+                invocation.update(Status="Cancelled", StatusDetails="Cancelled", ResponseCode=-1)
+                for record in sent:
+                    if record["CommandId"] == command_id and record["InstanceId"] == invocation["InstanceId"]:
+                        record["Cancelled"] = True
+
+    def cancel_command_response(self: Any) -> Any:
+        from moto.core.responses import ActionResult
+
+        self.ssm_backend.cancel_command(self._get_param("CommandId"), self._get_param("InstanceIds", []))
+        return ActionResult({})
+
     def invocation_response(self: Any, instance_id: str, plugin_name: str) -> dict[str, Any]:
         if not routable(instance_id):
             raise SSMException("InvalidInstanceId", f"Instances [[{instance_id}]] not in a valid state for account")
@@ -413,6 +436,8 @@ def ssm_runs_on(executor: Executor, routable: Callable[[str], bool]) -> Iterator
                 code, stdout, stderr = executor(command)
             except Exception as error:  # the agent reports a failed invocation, not a crash
                 code, stdout, stderr = 1, "", f"executor error: {error}"
+            if invocation["Status"] == "Cancelled":
+                return
             status = "Success" if code == 0 else "Failed"
             invocation.update(Status=status, StatusDetails=status, ResponseCode=code,
                               StandardOutputContent=stdout[:SSM_OUTPUT_LIMIT],
@@ -427,12 +452,24 @@ def ssm_runs_on(executor: Executor, routable: Callable[[str], bool]) -> Iterator
     ssm_models.SimpleSystemManagerBackend.send_command = send_command
     ssm_models.Command.invocation_response = invocation_response
     ssm_models.Command._get_instance_ids_from_targets = targets
+    # moto answers an action it lacks with an error; outer seams' cancellations stay theirs (nested labs)
+    original_cancel = getattr(ssm_models.SimpleSystemManagerBackend, "cancel_command", None)
+    original_cancel_response = getattr(ssm_responses.SimpleSystemManagerResponse, "cancel_command", None)
+    ssm_models.SimpleSystemManagerBackend.cancel_command = cancel_command
+    ssm_responses.SimpleSystemManagerResponse.cancel_command = cancel_command_response
     try:
         yield sent
     finally:
         ssm_models.SimpleSystemManagerBackend.send_command = original_send
         ssm_models.Command.invocation_response = original_response
         ssm_models.Command._get_instance_ids_from_targets = original_targets
+        for owner, name, original in ((ssm_models.SimpleSystemManagerBackend, "cancel_command", original_cancel),
+                                      (ssm_responses.SimpleSystemManagerResponse, "cancel_command",
+                                       original_cancel_response)):
+            if original is None:
+                delattr(owner, name)
+            else:
+                setattr(owner, name, original)
 
 
 # ---------------------------------------------------------------- EventBridge -> state machine

@@ -5,7 +5,7 @@ from aws_lambda_powertools import Metrics
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from slurm_multicluster import pairing
+from slurm_multicluster import limits, pairing
 from slurm_multicluster.lambda_step import logger, pairing_step
 from slurm_multicluster.aws import client
 from slurm_multicluster.settings import settings
@@ -18,6 +18,8 @@ metrics = Metrics()  # namespace and service from POWERTOOLS_METRICS_NAMESPACE /
 @pairing_step(PairingState)
 def lambda_handler(state: PairingState, context: LambdaContext) -> dict:
     found = pairing.discover(client, state.request, settings())
+    limits.require_at_most(len(found.members), limits.MAX_FEDERATION_MEMBERS, f"members of {found.federation}",
+                           "split the federation")
     if found.not_admitted:  # an administrator may want to admit it: count it where an alarm can see it
         metrics.add_metric(name=pairing.NOT_ADMITTED_METRIC, unit=MetricUnit.Count, value=1)
         metrics.add_metadata(key="stack", value=found.stack_id or found.cluster_name)

@@ -8,10 +8,13 @@ parameter.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import json
+import threading
 import time
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Iterator
 
 from aws_lambda_powertools import Logger
 from botocore.exceptions import ClientError
@@ -84,6 +87,85 @@ class SentCommand:
     script: str
     instance_ids: list[str]
     timeout_seconds: int
+    pending: set[str] = field(default_factory=set, compare=False)  # instances without a final status yet
+
+
+# ---------------------------------------------------------------- the Lambda invocation's deadline
+# A Lambda must give up (and cancel what it sent) before its own timeout kills it: otherwise the workflow's
+# compensation would run while a node script is still half way through its change.
+LAMBDA_SAFETY_MARGIN_SECONDS = 15  # cancelling, logging and returning the error after collect() gives up
+
+
+@dataclass
+class Invocation:
+    """One Lambda invocation: when its node commands must be done, and the commands still in flight."""
+
+    deadline: float | None  # time.monotonic() by which collect() gives up; None: no Lambda context
+    in_flight: list[SentCommand] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+# A contextvar, not a global: the lab runs several Lambdas at once in one process (threads copy it explicitly).
+_invocation: contextvars.ContextVar[Invocation | None] = contextvars.ContextVar("node_commands_invocation",
+                                                                                 default=None)
+
+
+@contextlib.contextmanager
+def invocation(context: Any, margin_seconds: float = LAMBDA_SAFETY_MARGIN_SECONDS) -> Iterator[Invocation]:
+    """The scope of one Lambda invocation (lambda_step.pairing_step): collect() gives up ``margin_seconds`` before
+    the context's remaining time runs out, and when the step fails, every command still in flight is cancelled
+    before the exception propagates."""
+    remaining = getattr(context, "get_remaining_time_in_millis", None)
+    deadline = time.monotonic() + remaining() / 1000 - margin_seconds if callable(remaining) else None
+    scope = Invocation(deadline)
+    token = _invocation.set(scope)
+    try:
+        yield scope
+    except BaseException:
+        with scope.lock:
+            left = list(scope.in_flight)
+        for sent in left:
+            cancel(sent, "the step failed")
+        raise
+    finally:
+        _invocation.reset(token)
+
+
+def _track(sent: SentCommand) -> None:
+    scope = _invocation.get()
+    if scope is not None:
+        with scope.lock:
+            scope.in_flight.append(sent)
+
+
+def _untrack(sent: SentCommand) -> None:
+    scope = _invocation.get()
+    if scope is not None:
+        with scope.lock:
+            if not sent.pending:
+                scope.in_flight[:] = [other for other in scope.in_flight if other is not sent]
+
+
+def cancel(sent: SentCommand, why: str) -> list[str]:
+    """Cancel the command on every instance that has no final status yet (best effort: a cancel that fails is
+    logged, never raised over the error being reported). Returns the instances it was cancelled on."""
+    by_command: dict[str, list[str]] = {}
+    for instance_id in sorted(sent.pending):
+        by_command.setdefault(sent.command_ids[instance_id], []).append(instance_id)
+    cancelled: list[str] = []
+    for command_id, instance_ids in by_command.items():
+        try:
+            sent.ssm.cancel_command(CommandId=command_id, InstanceIds=instance_ids)
+        except Exception as error:  # the original failure matters more than a failed cancel
+            logger.warning("could not cancel node script", extra={"script": sent.script, "command_id": command_id,
+                                                                  "instances": instance_ids, "error": str(error)})
+            continue
+        logger.warning("cancelled node script", extra={"script": sent.script, "command_id": command_id,
+                                                       "instances": instance_ids, "why": why})
+        cancelled += instance_ids
+    sent.pending.clear()
+    _untrack(sent)
+    return cancelled
 
 
 def send_script(
@@ -127,7 +209,9 @@ def send_script(
         logger.info("sent node script", extra={"script": script, "document": document,
                                                 "command_id": command["CommandId"], "instances": batch})
         command_ids.update(dict.fromkeys(batch, command["CommandId"]))
-    return SentCommand(ssm, command_ids, script, instance_ids, timeout_seconds)
+    sent = SentCommand(ssm, command_ids, script, instance_ids, timeout_seconds, pending=set(command_ids))
+    _track(sent)
+    return sent
 
 
 # Most scripts finish in well under a second: poll soon, then back off (botocore's command_executed waiter
@@ -138,7 +222,14 @@ FINAL_STATUSES = {"Success", "Failed", "Cancelled", "TimedOut", "Undeliverable",
                   "AccessDenied", "DeliveryTimedOut", "ExecutionTimedOut"}
 
 
-def _invocation(sent: SentCommand, instance_id: str, deadline: float) -> dict[str, Any]:
+SSM_DELIVERY_SECONDS = 60  # beyond the script's own executionTimeout: SSM delivering it to the agent
+
+
+class _DeadlinePassed(Exception):
+    pass
+
+
+def _final_invocation(sent: SentCommand, instance_id: str, deadline: float) -> dict[str, Any]:
     delay = FIRST_POLL_SECONDS
     while True:
         try:
@@ -148,32 +239,67 @@ def _invocation(sent: SentCommand, instance_id: str, deadline: float) -> dict[st
         except ClientError as error:
             if error.response["Error"]["Code"] != "InvocationDoesNotExist":  # not registered yet: keep polling
                 raise
-        if time.monotonic() > deadline:
-            raise NodeCommandFailed(f"{sent.script} on {instance_id}: no result within {sent.timeout_seconds} s")
-        time.sleep(delay)
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise _DeadlinePassed
+        time.sleep(min(delay, left))
         delay = min(delay * 2, MAX_POLL_SECONDS)
 
 
+def deadline_of(sent: SentCommand, sent_at: float | None = None) -> tuple[float, str]:
+    """When collect() gives up on ``sent`` (time.monotonic()), and why: the command's own timeout plus SSM's
+    delivery, or the Lambda invocation's remaining time less the safety margin, whichever comes first."""
+    command = (time.monotonic() if sent_at is None else sent_at) + sent.timeout_seconds + SSM_DELIVERY_SECONDS
+    scope = _invocation.get()
+    if scope is not None and scope.deadline is not None and scope.deadline < command:
+        return scope.deadline, "before the Lambda's own timeout"
+    return command, f"the script's {sent.timeout_seconds} s plus {SSM_DELIVERY_SECONDS} s for SSM to deliver it"
+
+
 def collect(sent: SentCommand) -> dict[str, NodeResult]:
-    """Wait (with a deadline) for every invocation of a sent command and parse each node's JSON result."""
-    deadline = time.monotonic() + sent.timeout_seconds + 60
+    """Wait (with a deadline) for every invocation of a sent command and parse each node's JSON result.
+
+    The deadline is the command's timeout, or the Lambda invocation's remaining time (less a safety margin) when
+    that comes first. When it passes, or anything fails while invocations are still running, the command is
+    cancelled on those instances before the error propagates (NodeCommandFailed names them)."""
+    started = time.monotonic()
+    deadline, reason = deadline_of(sent, started)
     results = {}
-    for instance_id in sent.instance_ids:
-        invocation = _invocation(sent, instance_id, deadline)
-        result = NodeResult(
-            instance_id=instance_id,
-            status=invocation["Status"],
-            exit_code=invocation.get("ResponseCode", -1),
-            result=parse_result(invocation.get("StandardOutputContent", "")),
-            stderr_tail=invocation.get("StandardErrorContent", "")[-2000:],
-        )
-        logger.info(
-            "node script finished",
-            extra={"script": sent.script, "instance": instance_id, "status": result.status,
-                   "result": loggable(result.result)},
-        )
-        results[instance_id] = result
+    try:
+        for instance_id in sent.instance_ids:
+            invocation = _final_invocation(sent, instance_id, deadline)
+            sent.pending.discard(instance_id)
+            results[instance_id] = _node_result(sent, instance_id, invocation)
+    except _DeadlinePassed:
+        waited = max(0, round(time.monotonic() - started))
+        waiting = sorted(sent.pending)
+        cancelled = cancel(sent, "deadline")
+        raise NodeCommandFailed(
+            f"{sent.script} did not finish within {waited} s ({reason}) on {', '.join(waiting)}; "
+            + (f"cancelled the command on {', '.join(cancelled)}" if cancelled else "could not cancel the command")
+        ) from None
+    except BaseException:
+        cancel(sent, "collect failed")
+        raise
+    _untrack(sent)
     return results
+
+
+def _node_result(sent: SentCommand, instance_id: str, invocation: dict[str, Any]) -> NodeResult:
+    """What one node reported, parsed and logged (credentials redacted)."""
+    result = NodeResult(
+        instance_id=instance_id,
+        status=invocation["Status"],
+        exit_code=invocation.get("ResponseCode", -1),
+        result=parse_result(invocation.get("StandardOutputContent", "")),
+        stderr_tail=invocation.get("StandardErrorContent", "")[-2000:],
+    )
+    logger.info(
+        "node script finished",
+        extra={"script": sent.script, "instance": instance_id, "status": result.status,
+               "result": loggable(result.result)},
+    )
+    return result
 
 
 def run_script(

@@ -10,6 +10,7 @@ The Lambdas hold no secretsmanager:GetSecretValue: they see fingerprints and ver
 
 from __future__ import annotations
 
+import contextvars
 import datetime
 import hashlib
 import json
@@ -359,7 +360,8 @@ def _in_parallel(calls: dict[str, Callable[[], Any]]) -> dict[str, Any]:
     if not calls:
         return {}
     with ThreadPoolExecutor(max_workers=min(16, len(calls))) as pool:
-        futures = {name: pool.submit(call) for name, call in calls.items()}
+        # each thread gets this invocation's context: the Lambda's deadline and its commands in flight
+        futures = {name: pool.submit(contextvars.copy_context().run, call) for name, call in calls.items()}
     results: dict[str, Any] = {}
     for name, future in futures.items():
         error = future.exception()
