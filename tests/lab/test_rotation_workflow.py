@@ -25,7 +25,7 @@ import pytest
 from lab import ClusterSpec, Lab
 from lab import cloud as aws_harness
 from lab.bridge import LabCloud, lab_cloud
-from lab_helpers import sha256, submit, wait_until
+from lab_helpers import sha256, submit, wait_job_completed, wait_until
 from pairing_helpers import (
     opt_in,
     ALPHA_TAGS, BETA_TAGS, FEDERATION, KEY, SHARED_KEY, assert_absent, events_queue, fresh_lab,
@@ -331,3 +331,46 @@ def test_no_key_material_in_history_logs_ssm_or_events(rotated, rolled_back, fed
     assert len(federation.keys) == 6  # 3 own keys, the federation key, the rotated key, the discarded key
     for key in federation.keys:
         assert_absent(key, text)
+
+
+# ---------------------------------------------------------------- evicting a member (registry revocation)
+
+
+@pytest.fixture(scope="module")
+def evicted(rolled_back, federation) -> dict[str, Any]:
+    """The administrator revokes gamma in the registry: the unpairing runs nothing on gamma and starts a rotation
+    of alpha and beta, which end on a key gamma never saw."""
+    from lab.parallelcluster import parameter_change_event, revoke_cluster
+
+    lab, cloud = federation.lab, federation.cloud
+    gamma_before = fingerprints(lab)
+    commands_before = len(cloud.commands)
+    name = revoke_cluster(cloud.region, FEDERATION, cloud.clusters["gamma"].stack_id)
+    started = aws_harness.route_event_to_all(cloud.deployment, parameter_change_event(name, "Delete", cloud.region))
+    unpairing = aws_harness.wait_for_execution(started[aws_harness.UNPAIRING_STATE_MACHINE], cloud.region, timeout=300)
+    output = json.loads(unpairing.get("output") or "{}")
+    rotation = aws_harness.wait_for_execution(output["eviction"]["rotationExecution"], cloud.region, timeout=600)
+    federation.executions += [unpairing["executionArn"], rotation["executionArn"]]
+    gamma_instances = set(cloud.clusters["gamma"].instance_ids)
+    return {
+        "unpairing": unpairing, "rotation": rotation, "before": gamma_before, "after": fingerprints(lab),
+        "commands_to_gamma": [c for c in cloud.commands[commands_before:] if c["InstanceId"] in gamma_instances],
+        "jobs": jobs_in_every_direction(lab, ["alpha", "beta"]),
+        "gamma_own": wait_job_completed(lab, "gamma-head", submit(lab, "gamma-head", "--wrap", "hostname"), 60),
+    }
+
+
+def test_a_revoked_member_is_left_alone_and_the_others_rotate_to_a_key_it_never_saw(evicted):
+    assert evicted["unpairing"]["status"] == "SUCCEEDED", evicted["unpairing"].get("cause")
+    assert evicted["rotation"]["status"] == "SUCCEEDED", evicted["rotation"].get("cause")
+    assert json.loads(evicted["rotation"]["input"])["trigger"] == "eviction"
+    assert evicted["commands_to_gamma"] == []  # nothing runs on a cluster that may be compromised
+    before, after = evicted["before"], evicted["after"]
+    gamma = {k: v for k, v in after.items() if k.startswith("gamma-")}
+    others = {k: v for k, v in after.items() if not k.startswith("gamma-")}
+    assert gamma == {k: v for k, v in before.items() if k.startswith("gamma-")}  # gamma untouched
+    (new_key,) = set(others.values())
+    assert new_key not in set(before.values())  # neither gamma's key nor any key gamma ever held
+    assert evicted["jobs"]["alpha->beta"]["NodeList"] == "beta-compute-1"
+    assert evicted["jobs"]["beta->alpha"]["NodeList"] == "alpha-compute-1"
+    assert evicted["gamma_own"]["JobState"] == "COMPLETED"  # gamma still runs its own jobs on its own

@@ -51,7 +51,7 @@ def alpha(moto_aws):
 
 
 @pytest.mark.parametrize("how", ["created", "updated", "tag added"])
-def test_a_tagged_cluster_nobody_admitted_gets_nothing_and_is_announced(moto_aws, alpha, how):
+def test_a_tagged_cluster_nobody_admitted_gets_nothing_and_is_announced(moto_aws, alpha, how, capfd):
     queue = cloud.events_queue(REGION)
     beta = moto_aws.cluster("beta", "10.250.0.21", ["10.250.0.22"], FEDERATION_TAGS, admit=None)
     event = (cloud.tag_change_event(beta.stack_id, REGION, ["slurm-multicluster:federation"], FEDERATION_TAGS)
@@ -68,6 +68,11 @@ def test_a_tagged_cluster_nobody_admitted_gets_nothing_and_is_announced(moto_aws
     assert [(e["detail"]["stackId"], e["detail"]["federation"], e["detail"]["outcome"]) for e in announced] == [
         (beta.stack_id, "hpc", "not admitted")]
     assert "no registry entry or admission rule" in announced[0]["detail"]["reason"]
+    emf = [json.loads(line) for line in capfd.readouterr().out.splitlines() if line.startswith("{") and '"_aws"' in line]
+    counted = [(d["_aws"]["CloudWatchMetrics"][0]["Namespace"], m["Name"], d[m["Name"]])
+               for d in emf for m in d["_aws"]["CloudWatchMetrics"][0]["Metrics"]]
+    assert ("SlurmMulticluster", "ClusterNotAdmitted", [1.0]) in counted or (
+        "SlurmMulticluster", "ClusterNotAdmitted", 1.0) in counted, counted
 
 
 def test_a_tagged_cluster_of_an_undeclared_federation_gets_nothing(moto_aws):
