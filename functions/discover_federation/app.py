@@ -14,7 +14,6 @@ from slurm_multicluster.state import PairingState
 metrics = Metrics()  # namespace and service from POWERTOOLS_METRICS_NAMESPACE / POWERTOOLS_SERVICE_NAME
 
 
-@metrics.log_metrics
 @pairing_step(PairingState)
 def lambda_handler(state: PairingState, context: LambdaContext) -> dict:
     found = pairing.discover(client, state.request, settings())
@@ -23,6 +22,7 @@ def lambda_handler(state: PairingState, context: LambdaContext) -> dict:
     if found.not_admitted:  # an administrator may want to admit it: count it where an alarm can see it
         metrics.add_metric(name=pairing.NOT_ADMITTED_METRIC, unit=MetricUnit.Count, value=1)
         metrics.add_metadata(key="stack", value=found.stack_id or found.cluster_name)
+        metrics.flush_metrics()  # only then: most discoveries count nothing (no empty-metrics warning)
     logger.info(
         "discovered",
         extra={"member": found.member, "reason": found.reason, "members": [m.cluster_name for m in found.members]},

@@ -77,3 +77,14 @@ def test_only_the_starters_may_start_executions():
     starters = {name for name, f in _functions().items()
                 for s in _statements(f["Properties"].get("Policies")) if "states:StartExecution" in _actions(s)}
     assert starters == {"StartPairingRunFunction", "StartEvictionRotationFunction", "StartDueRotationsFunction"}
+
+
+def test_every_workflow_has_a_failed_execution_alarm_on_the_alarm_topic():
+    for machine in ("PairingStateMachine", "RotationStateMachine", "UnpairingStateMachine", "SweepStateMachine"):
+        alarm = RESOURCES[machine.replace("StateMachine", "") + "FailedAlarm"]["Properties"]
+        assert (alarm["Namespace"], alarm["MetricName"]) == ("AWS/States", "ExecutionsFailed")
+        assert alarm["Dimensions"] == [{"Name": "StateMachineArn", "Value": {"Ref": machine}}]
+        assert alarm["AlarmActions"]["Fn::If"][0] == "HasAlarmTopic"
+    dashboard = json.dumps(RESOURCES["OperationsDashboard"]["Properties"]["DashboardBody"])
+    for metric in ("RollbackIncomplete", "AccountingClusterLost", "ClusterNotAdmitted", "ExecutionsFailed"):
+        assert metric in dashboard

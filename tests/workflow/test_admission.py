@@ -234,3 +234,19 @@ def test_two_deployments_in_one_account_never_touch_each_others_clusters(moto_aw
     assert sorted(r["SecurityGroupRuleId"] for r in _our_rules()) == rules_before  # "default"'s rules untouched
     assert all(any(t == {"Key": "slurm-multicluster:deployment", "Value": "default"} for t in r["Tags"])
                for r in _our_rules())
+
+
+def test_an_admitted_peer_without_a_head_node_is_skipped_and_named_not_a_blocker(moto_aws, alpha):
+    broken = moto_aws.cluster("broken", "10.250.0.61", [], FEDERATION_TAGS, admit="member")
+    boto3.client("ec2", region_name=REGION).terminate_instances(InstanceIds=[broken.head_instance_id])
+    beta = moto_aws.cluster("beta", "10.250.0.21", [], FEDERATION_TAGS, admit="member")
+
+    found = _discovery(moto_aws.run_event(cloud.stack_status_event(beta.stack_id, "CREATE_COMPLETE", REGION)))
+
+    assert found["member"] is True
+    assert sorted(m["clusterName"] for m in found["members"]) == ["alpha", "beta"]
+    assert [s.split(" ", 1)[0] for s in found["skipped"]] == ["broken"]
+    assert "expected one running head node" in found["skipped"][0]
+    # the cluster the pairing is about still fails loudly when it does not resolve
+    refused = moto_aws.run_event(cloud.stack_status_event(broken.stack_id, "UPDATE_COMPLETE", REGION))
+    assert refused["status"] == "FAILED" and "expected one running head node" in refused["cause"]

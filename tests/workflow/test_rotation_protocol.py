@@ -213,6 +213,26 @@ def test_a_member_that_cannot_switch_rolls_every_member_back_and_awscurrent_is_u
         assert aws.federation.head(cluster).restarts[-2:] == ["munge", "slurmctld"]
 
 
+def test_a_rollback_that_cannot_restore_a_member_is_counted_where_its_alarm_pages_someone(rotation_aws, capfd):
+    aws = rotation_aws
+    aws.federation.fail[("gamma-head", "install-munge-key.sh")] = "slurmctld did not come back after the key change"
+    aws.federation.fail[("gamma-head", "restore-backup.sh")] = "the backup's disk is gone"
+
+    result = aws.rotate()
+
+    assert result["status"] == "FAILED"
+    assert "ROLLBACK INCOMPLETE" in result["cause"]
+    assert "ReportRollbackIncomplete" in states(result)
+    emf = [json.loads(line) for line in capfd.readouterr().out.splitlines() if line.startswith("{") and '"_aws"' in line]
+    counted = [(d["_aws"]["CloudWatchMetrics"][0]["Namespace"], m["Name"], d.get("service"))
+               for d in emf for m in d["_aws"]["CloudWatchMetrics"][0]["Metrics"]]
+    assert ("SlurmMulticluster", "RollbackIncomplete", "slurm-multicluster") in counted
+    alarm = cloud.load_template()["Resources"]["RollbackIncompleteAlarm"]["Properties"]
+    assert (alarm["Namespace"], alarm["MetricName"], alarm["Dimensions"]) == (
+        "SlurmMulticluster", "RollbackIncomplete", [{"Name": "service", "Value": "slurm-multicluster"}])
+    assert aws.lease() is None  # the rest of the compensation still ran
+
+
 def test_a_member_whose_slurmctld_dies_after_the_switch_fails_the_test_and_rolls_everyone_back(rotation_aws):
     aws = rotation_aws
     old_sha = aws.current_key_sha()

@@ -151,6 +151,24 @@ def member(clients: ClientFactory, stack: dict[str, Any], region: str, federatio
     )
 
 
+def resolvable_members(clients: ClientFactory, stacks: list[tuple[str, dict[str, Any]]], federation: Federation,
+                       config: Settings, required: str | None = None) -> tuple[list[Member], list[str]]:
+    """(members, skipped): every stack that resolves to a member, and "<stack>: <why>" for each that does not (no
+    running head node created by its stack, ...). An unresolvable peer never halts the others; the stack the
+    workflow is about (``required``, a StackId) still fails loudly."""
+    members, skipped = [], []
+    for region, stack in stacks:
+        try:
+            members.append(member(clients, stack, region, federation, config))
+        except PrerequisiteFailed as error:
+            if stack["StackId"] == required:
+                raise
+            logger.warning("skipping a member that does not resolve", extra={"stack": stack["StackId"],
+                                                                              "reason": str(error)})
+            skipped.append(f"{stack['StackName']} ({stack['StackId']}): {error}")
+    return members, skipped
+
+
 LIVE_STATUSES = {"CREATE_COMPLETE", "UPDATE_COMPLETE", "UPDATE_ROLLBACK_COMPLETE", "UPDATE_IN_PROGRESS",
                  "UPDATE_COMPLETE_CLEANUP_IN_PROGRESS"}
 

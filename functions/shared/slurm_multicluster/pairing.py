@@ -27,6 +27,7 @@ class Discovery(StateModel):
     cluster_name: str
     stack_id: str | None = None
     members: list[Member] = []
+    skipped: list[str] = []  # admitted peers that do not resolve (e.g. no running head node): left out, named
 
 
 class KeyPlan(StateModel):
@@ -88,9 +89,9 @@ def discover(clients: ClientFactory, request: PairingRequest, config: Settings) 
     stacks = discovery.federation_stacks(clients, config.regions_to_search(request.region), declared, config)
     if not any(s["StackId"] == stack["StackId"] for _, s in stacks):
         stacks.append((request.region, stack))
-    members = [discovery.member(clients, s, region, declared, config) for region, s in stacks]
+    members, skipped = discovery.resolvable_members(clients, stacks, declared, config, required=stack["StackId"])
     return Discovery(member=True, reason=admission, federation=federation, cluster_name=request.stack_name,
-                     stack_id=stack["StackId"], members=members)
+                     stack_id=stack["StackId"], members=members, skipped=skipped)
 
 
 def federation_settings(clients: ClientFactory, federation: str, config: Settings) -> Settings:

@@ -185,8 +185,8 @@ def discover_members(clients: ClientFactory, request: RotationRequest, config: S
             f"federation {request.federation} has no member: no live ParallelCluster stack that the registry admits is "
             f"tagged {config.federation_tag_key}={request.federation} in {', '.join(config.regions_to_search(request.region))}"
         )
-    members = [discovery.member(clients, stack, region, declared, config) for region, stack in stacks]
-    logger.info("federation members", extra={"members": [m.cluster_name for m in members]})
+    members, skipped = discovery.resolvable_members(clients, stacks, declared, config)
+    logger.info("federation members", extra={"members": [m.cluster_name for m in members], "skipped": skipped})
     return members
 
 

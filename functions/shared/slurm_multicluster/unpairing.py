@@ -156,8 +156,10 @@ def remaining_members(clients: ClientFactory, departure: Departure, config: Sett
                        extra={"federation": departure.federation})
         return []
     stacks = discovery.federation_stacks(clients, config.regions_to_search(departure.region), declared, config)
-    return [discovery.member(clients, stack, region, declared, config)
-            for region, stack in stacks if stack["StackId"] != departure.stack_id]
+    members, _ = discovery.resolvable_members(  # a peer without a head node cannot block a departure
+        clients, [(region, stack) for region, stack in stacks if stack["StackId"] != departure.stack_id],
+        declared, config)
+    return members
 
 
 def update_secret_access(clients: ClientFactory, departure: Departure, remaining: list[Member], config: Settings) -> dict[str, Any]:
