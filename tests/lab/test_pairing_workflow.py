@@ -50,7 +50,9 @@ def paired(lab_host):
             "alpha_key": key_bytes(lab, "alpha-head"),
             "beta_key": key_bytes(lab, "beta-head"),
             "beta_conf": lab.exec("beta-head", ["cat", ACCOUNTING_CONF], check=True).stdout,
-            "running_job": submit(lab, "beta-head", "--wrap", "sleep 6"),
+            # long enough to run across the whole pairing: a job that ends in the instant of the munge key switch
+            # loses its completion message (slurmctld keeps it RUNNING: an open issue, see the stop 14 note)
+            "running_job": submit(lab, "beta-head", "--wrap", "sleep 40"),
         }
         wait_until(lambda: "RUNNING" in lab.exec("beta-head", ["squeue", "-h", "-o", "%T"]).stdout, 30,
                    "beta's job running before the pairing")
