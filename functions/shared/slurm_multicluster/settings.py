@@ -12,8 +12,6 @@ class Settings(BaseModel):
     deployment_id: str = "default"  # namespaces everything this deployment owns (DeploymentId parameter)
     deployment_tag_key: str = "slurm-multicluster:deployment"  # on the secrets this deployment created itself
     federation_tag_key: str = "slurm-multicluster:federation"
-    role_tag_key: str = "slurm-multicluster:role"
-    accounting_role: str = "accounting"
     deployment_region: str = ""
     federation_regions: list[str] = Field(default_factory=list)
     secret_name_prefix: str = "slurm-multicluster"
@@ -44,7 +42,6 @@ def settings() -> Settings:
     return Settings(
         deployment_id=env.get("DEPLOYMENT_ID", "default"),
         federation_tag_key=env.get("FEDERATION_TAG_KEY", "slurm-multicluster:federation"),
-        role_tag_key=env.get("ROLE_TAG_KEY", "slurm-multicluster:role"),
         deployment_region=env.get("AWS_REGION", ""),
         federation_regions=[r.strip() for r in env.get("FEDERATION_REGIONS", "").split(",") if r.strip()],
         secret_name_prefix=env.get("SECRET_NAME_PREFIX", "slurm-multicluster"),
