@@ -50,6 +50,7 @@ if str(REPO) not in sys.path:
 import boto3  # noqa: E402
 
 from lab import ClusterSpec, Lab, LabError, roots  # noqa: E402
+from lab.core import scoped_name  # noqa: E402
 from lab import cloud as harness  # noqa: E402
 from lab.bridge import lab_cloud  # noqa: E402
 
@@ -363,7 +364,7 @@ PROBES = {"alphaToBeta": ("alpha-head", "beta"), "betaOwnUsers": ("beta-login-1"
 
 def run_once(index: int, runs: int, counter: ApiCounter, log: Any, slurm: str) -> dict[str, Any]:
     prefix = f"run {index}/{runs}"
-    name = f"bench{index}"
+    name = scoped_name(f"bench{index}")  # never another run's lab
     lab = Lab(name, SUBNET, [ClusterSpec("alpha", accounting=True, computes=1, slurm=slurm),
                              ClusterSpec("beta", computes=1, slurm=slurm, logins=1)])
     t0 = time.monotonic()

@@ -40,6 +40,7 @@ if str(REPO) not in sys.path:
 import boto3  # noqa: E402
 
 from lab import ClusterSpec, Lab, LabError, roots  # noqa: E402
+from lab.core import scoped_name  # noqa: E402
 from lab import cloud as harness  # noqa: E402
 from lab.bridge import LabCloud, lab_cloud  # noqa: E402
 
@@ -98,7 +99,7 @@ def figures(arn: str, region: str) -> dict[str, Any]:
 
 def bench_size(members: int, runs: int, slurm: str) -> list[dict[str, Any]]:
     names = ["alpha", *MEMBERS[:members]]
-    lab = Lab(f"rotbench{members}", f"10.252.{4 + members}.0/24",
+    lab = Lab(scoped_name(f"rotbench{members}"), f"10.252.{4 + members}.0/24",
               [ClusterSpec(name, accounting=name == "alpha", computes=1, slurm=slurm) for name in names])
     say(f"{members} member(s): lab up ({', '.join(names)}, Slurm {slurm})")
     lab.up()

@@ -28,6 +28,12 @@ DEFAULT_BASE = Path("/var/tmp/slurm-multicluster-lab")
 REPO = Path(__file__).resolve().parents[1]
 NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
 CLUSTER_RE = re.compile(r"^[a-z][a-z0-9-]{0,39}$")
+# Two runs on one machine (two checkouts' `make test`, a bench beside the tests) must never share a lab: a lab
+# of the same name is torn down by `up`. Test and bench labs are named `<base>-<run id>`; the run id is chosen
+# once per process tree and inherited through the environment, with the process whose exit orphans the labs.
+RUN_ID_ENV = "LAB_RUN_ID"
+OWNER_ENV = "LAB_OWNER"  # "<pid>:<start time>" of that process
+RUN_ID_RE = re.compile(r"^[a-z0-9]{1,8}$")
 MAX_NODES_PER_CLUSTER = 9  # head at .<10k+1>, computes then login nodes up to .<10k+9>
 # Every command `exec` runs on a node passes this gate once inside the node's namespaces: `down` removes the
 # node's /run/lab/up first, so a command entering while down kills is either seen by its kill loop (it entered
@@ -118,6 +124,51 @@ def _iface_tag(name: str) -> str:
     return name[:4] + hashlib.sha1(name.encode()).hexdigest()[:5]
 
 
+def run_id() -> str:
+    """This run's lab-name suffix: $LAB_RUN_ID, or a new random one set there (with this process as the owner
+    whose exit makes the run's labs orphans, see remove_orphans) for every child to inherit."""
+    rid = os.environ.get(RUN_ID_ENV)
+    if not rid:
+        rid = secrets.token_hex(3)
+        os.environ[RUN_ID_ENV] = rid
+        os.environ[OWNER_ENV] = f"{os.getpid()}:{system.proc_stat(os.getpid())[1]}"
+    if not RUN_ID_RE.match(rid):
+        raise LabError(f"{RUN_ID_ENV}={rid!r} must match {RUN_ID_RE.pattern}")
+    return rid
+
+
+def scoped_name(base: str) -> str:
+    """`base` made this run's own (`<base>-<run id>`): no other run on the machine uses, or tears down, that lab."""
+    return f"{base}-{run_id()}"
+
+
+def _owner_alive(owner: str) -> bool:
+    pid, _, start = owner.partition(":")
+    return pid.isdigit() and system.alive(int(pid), start or None)
+
+
+def remove_orphans(base: Path = DEFAULT_BASE, progress: Callable[[str], None] | None = None) -> list[str]:
+    """Tear down, and delete the files of, every lab under `base` whose owner process has exited (a run that was
+    killed before its labs went down); labs without an owner (`python -m lab up`) and live runs' labs are left
+    alone. Returns the names removed."""
+    removed = []
+    for state_file in sorted(base.glob("*/state.json")):
+        try:
+            state = json.loads(state_file.read_text())
+            name, owner = state["name"], state.get("owner")
+        except (OSError, ValueError, KeyError):
+            continue
+        if not owner or _owner_alive(owner):
+            continue
+        orphan = Lab.load(name, root=state_file.parent)
+        orphan.down()
+        shutil.rmtree(orphan.root)
+        removed.append(name)
+        if progress:
+            progress(f"removed lab {name!r}, left by run {owner} that has exited")
+    return removed
+
+
 class Lab:
     """N ParallelCluster-shaped Slurm clusters on this machine; see lab/README.md."""
 
@@ -175,6 +226,8 @@ class Lab:
         self._holders: dict[str, tuple[int, str]] = {}
         self._booted: set[str] = set()
         self._status = "new"
+        # a run's own lab is an orphan once that run has exited (remove_orphans); any other lab has no owner
+        self.owner = os.environ.get(OWNER_ENV) if name.endswith(f"-{os.environ.get(RUN_ID_ENV)}") else None
 
     # ---------------------------------------------------------------- lookups
 
@@ -233,6 +286,7 @@ class Lab:
     def _save(self, status: str) -> None:
         state = {
             "version": 1, "name": self.name, "subnet": self.subnet, "root": str(self.root), "status": status,
+            "owner": self.owner,
             "bridge_ns": self.bridge_ns, "bridge_ip": self.bridge_ip,
             "clusters": [asdict(c) for c in self.clusters],
             "nodes": [dict(asdict(n), netns=self.netns(n.name), veth=self.veth(n.name),
@@ -260,6 +314,7 @@ class Lab:
             if n.get("booted"):
                 lab._booted.add(n["name"])
         lab._status = state["status"]
+        lab.owner = state.get("owner")
         return lab
 
     @contextmanager

@@ -16,7 +16,7 @@ for p in (str(HERE.parents[1]), str(HERE)):  # the repo (package `lab`) and lab_
         sys.path.insert(0, p)
 
 from lab import ClusterSpec, Lab  # noqa: E402
-from lab.core import DEFAULT_BASE  # noqa: E402
+from lab.core import DEFAULT_BASE, remove_orphans  # noqa: E402
 from lab_helpers import LAB_NAME, LAB_SUBNET, TOOLS  # noqa: E402
 
 
@@ -44,6 +44,8 @@ def lab_host():
         if os.environ.get("CI", "").lower() == "true":
             pytest.fail(f"lab prerequisites missing under CI=true: {reason}")
         pytest.skip(reason)
+    # labs of a run that was killed before tearing them down (the names are per run, so nothing else would)
+    remove_orphans(DEFAULT_BASE, progress=print)
 
 
 @pytest.fixture(scope="session")

@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 
 from lab import Lab, LabError, system
+from lab.core import scoped_name
 
 REPO = Path(__file__).resolve().parents[2]
-LAB_NAME = "labtest"
+LAB_NAME = scoped_name("labtest")  # this run's own: another run on the machine never tears it down
 LAB_SUBNET = "10.250.77.0/24"
 TOOLS = ("unshare", "nsenter", "ip", "setsid", "setpriv", "munged", "slurmctld", "slurmd", "slurmdbd",
          "mariadbd", "mariadb-install-db", "sbatch")

@@ -12,7 +12,7 @@ import boto3
 
 from lab import ClusterSpec, Lab, cloud
 from lab.bridge import LabCloud
-from lab.core import DEFAULT_BASE
+from lab.core import DEFAULT_BASE, scoped_name
 from lab_helpers import submit, wait_until
 
 FEDERATION = "hpc"
@@ -24,7 +24,9 @@ ACCOUNTING_CONF = "/opt/slurm/etc/slurm_parallelcluster.conf"
 
 
 @contextlib.contextmanager
-def fresh_lab(name: str, subnet: str, clusters: list[ClusterSpec]):
+def fresh_lab(base_name: str, subnet: str, clusters: list[ClusterSpec]):
+    """A lab of this run's own (named `<base_name>-<run id>`), down again afterwards whatever happens."""
+    name = scoped_name(base_name)
     the_lab = Lab(name, subnet, clusters, root=DEFAULT_BASE / name)
     try:
         the_lab.up()  # inside the try: an up that fails half-way must not leave daemons running

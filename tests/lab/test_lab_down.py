@@ -11,11 +11,12 @@ import pytest
 from lab_helpers import lab_footprint, leftovers, release, submit, wait_until
 
 from lab import ClusterSpec, Lab, LabError, system
-from lab.core import DEFAULT_BASE
+from lab.core import DEFAULT_BASE, scoped_name
 
 pytestmark = pytest.mark.lab
 
-NAME = "labdown-x"  # with a dash: lab 'labdown' + cluster 'x-solo' gives the same namespace names
+IMPOSTER = scoped_name("labdown")
+NAME = f"{IMPOSTER}-x"  # with a dash: lab IMPOSTER + cluster 'x-solo' gives the same namespace names
 
 
 @pytest.fixture
@@ -93,8 +94,8 @@ def test_down_of_a_lab_whose_names_collide_touches_nothing_of_the_other(small_la
     lab = small_lab
     footprint = lab_footprint(lab)
     try:
-        # lab 'labdown' with cluster 'x-solo' has netns 'labdown-x-solo-head' too: they are small_lab's
-        imposter = Lab("labdown", "10.250.75.0/24", [ClusterSpec("x-solo", computes=1)], root=DEFAULT_BASE / "labdown")
+        # lab IMPOSTER with cluster 'x-solo' has netns '<IMPOSTER>-x-solo-head' too: they are small_lab's
+        imposter = Lab(IMPOSTER, "10.250.75.0/24", [ClusterSpec("x-solo", computes=1)], root=DEFAULT_BASE / IMPOSTER)
         assert [imposter.netns(n.name) for n in imposter.nodes] == [lab.netns(n.name) for n in lab.nodes]
         imposter.down()
         assert all(system.alive(*p) for p in footprint["pids"]), "another lab's down killed our processes"

@@ -4,19 +4,22 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 
 import pytest
-from lab_helpers import lab_footprint, leftovers, release, submit, wait_job_completed, wait_until
+from lab_helpers import REPO, lab_footprint, leftovers, release, submit, wait_job_completed, wait_until
 
 from lab import ClusterSpec, Lab, LabError, system
-from lab.core import DEFAULT_BASE
+from lab.core import DEFAULT_BASE, remove_orphans, scoped_name
 
 pytestmark = pytest.mark.lab
 
 
 def test_second_lab_survives_a_crash_and_goes_down_cleanly(lab):
-    root = DEFAULT_BASE / "labcrash"
-    other = Lab("labcrash", "10.250.78.0/24", [ClusterSpec("solo", accounting=True, computes=1)], root=root)
+    name = scoped_name("labcrash")
+    root = DEFAULT_BASE / name
+    other = Lab(name, "10.250.78.0/24", [ClusterSpec("solo", accounting=True, computes=1)], root=root)
     other.up()
     crashed = lab_footprint(other)
     daemons = set(crashed["pids"])
@@ -27,9 +30,9 @@ def test_second_lab_survives_a_crash_and_goes_down_cleanly(lab):
         os.kill(other.holder_pid(n.name), signal.SIGKILL)
     wait_until(lambda: not any(system.alive(p) for p, _ in other._holders.values()), 10, "holders dead")
     with pytest.raises(Exception, match="not running"):
-        Lab.load("labcrash", root=root).exec("solo-head", ["true"])
+        Lab.load(name, root=root).exec("solo-head", ["true"])
 
-    again = Lab("labcrash", "10.250.78.0/24", [ClusterSpec("solo", accounting=True, computes=1)], root=root)
+    again = Lab(name, "10.250.78.0/24", [ClusterSpec("solo", accounting=True, computes=1)], root=root)
     lines = []
     again.up(progress=lines.append)
     assert any("removed a previous lab" in line for line in lines), lines
@@ -62,3 +65,36 @@ def test_interface_names_fit_and_derive_from_the_lab_name():
 def test_a_root_the_nodes_cannot_see_is_refused():
     with pytest.raises(LabError, match="must not be under /tmp"):
         Lab("labx", root="/tmp/somewhere")
+
+
+# Another run on this machine: its own run id, and killed before it could take its lab down.
+KILLED_RUN = """
+import os, signal
+from lab import ClusterSpec, Lab
+from lab.core import scoped_name
+lab = Lab(scoped_name("orphan"), "10.250.74.0/24", [ClusterSpec("solo", computes=0)])
+lab.up()
+print(lab.name, flush=True)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_labs_of_a_killed_run_are_removed_and_a_live_runs_labs_are_kept(lab):
+    env = {k: v for k, v in os.environ.items() if k not in ("LAB_RUN_ID", "LAB_OWNER")}
+    cp = subprocess.run([sys.executable, "-c", KILLED_RUN], env=env, cwd=REPO, capture_output=True, text=True,
+                        timeout=120)
+    assert cp.returncode == -signal.SIGKILL, cp.stderr
+    name = cp.stdout.strip()
+    assert name.startswith("orphan-") and name != scoped_name("orphan")  # another run's id, not ours
+    orphan = Lab.load(name, root=DEFAULT_BASE / name)
+    footprint = lab_footprint(orphan)
+    try:
+        assert footprint["pids"], "the killed run's lab should still be running"
+        removed = remove_orphans(DEFAULT_BASE)
+        assert name in removed and lab.name not in removed
+        assert leftovers(orphan, footprint) == []
+        assert not (DEFAULT_BASE / name).exists()
+    finally:
+        release(footprint)
+    assert lab.node_states("beta")["beta-compute-1"] == "idle"  # this run's lab: untouched
+    assert remove_orphans(DEFAULT_BASE) == []
