@@ -12,7 +12,7 @@ PYTHON ?= $(firstword $(wildcard /root/.pyenv/versions/3.12*/bin/python3.12) $(s
 DEBIAN_PACKAGES := slurmctld slurmd slurm-client slurmdbd munge mariadb-server mariadb-client iproute2 util-linux procps shellcheck debootstrap
 export SAM_CLI_TELEMETRY := 0
 
-.PHONY: help setup system-packages test unit lint documents demo bench bench-rotation lab-up lab-down lab-roots clean
+.PHONY: help setup system-packages test unit lint documents forwarder demo bench bench-rotation lab-up lab-down lab-roots clean
 
 help:
 	@echo "make demo   pair two local Slurm clusters through the real workflow (root, Linux)"
@@ -57,15 +57,22 @@ unit: setup
 lint: setup $(CHECKOV_VENV)/.installed
 	$(VENV)/bin/sam validate --lint
 	$(VENV)/bin/sam validate --lint -t node-documents.yaml
+	$(VENV)/bin/sam validate --lint -t region-forwarder.yaml
 	for f in statemachine/*.asl.json; do node_modules/.bin/asl-validator --json-path "$$f" || exit 1; done
 	shellcheck -x functions/shared/slurm_multicluster/node_scripts/*.sh
 	$(CHECKOV) -f template.yaml  # every skip carries its reason in place (Metadata: checkov: skip)
 	$(CHECKOV) -f node-documents.yaml
+	$(CHECKOV) -f region-forwarder.yaml
 
 # node-documents.yaml (the node scripts as SSM Command documents) from slurm_multicluster.ssm_documents
 documents: $(VENV)/.installed
 	PYTHONPATH=functions/shared $(PY) -m slurm_multicluster.ssm_documents > node-documents.yaml.new
 	mv node-documents.yaml.new node-documents.yaml
+
+# region-forwarder.yaml (each other FederationRegions region's rules forwarding to the home bus) from template.yaml
+forwarder: $(VENV)/.installed
+	$(PY) -m tools.region_forwarder > region-forwarder.yaml.new
+	mv region-forwarder.yaml.new region-forwarder.yaml
 
 demo: setup
 	$(PY) -m lab roots $(if $(SLURM),$(SLURM),24.11)

@@ -7,7 +7,9 @@ Seams patched here, and only here (notes/moto.md), never in functions/:
   InvalidParameters) before any node sees anything, defaults filled, ``{{ Name }}`` interpolated, and the
   rendered aws:runShellScript text run on a node through an executor (``Command.invocation_response``, and the
   target resolution bug that fans ``InstanceIds`` out to every instance);
-- EventBridge -> state machine routing as the template's rule declares it (moto cannot start a state machine).
+- EventBridge -> state machine routing as the template's rule declares it (moto cannot start a state machine),
+  regional as on AWS: an event of another region reaches the deployment region's rules only through a rule of
+  region-forwarder.yaml deployed there (``deploy_region_forwarder``), its envelope unchanged.
 """
 
 from __future__ import annotations
@@ -45,6 +47,33 @@ logging.getLogger("moto.stepfunctions.parser").setLevel(logging.CRITICAL)
 LAYER = REPO / "functions" / "shared"  # the SAM layer, /opt/python on Lambda: importable here too
 if str(LAYER) not in sys.path:
     sys.path.insert(0, str(LAYER))
+
+
+def _moto_resizes_prefix_lists() -> None:
+    """moto 5.2.5's ModifyManagedPrefixList ignores MaxEntries and drops the list's name when none is given; AWS
+    does neither, and the product resizes its prefix lists (a list counts as its MaxEntries against a group's
+    rules quota). Patched here, the one place moto's gaps are filled."""
+    from moto.ec2.responses.vpcs import VPCs
+
+    if getattr(VPCs.modify_managed_prefix_list, "resizes", False):
+        return
+    modify = VPCs.modify_managed_prefix_list
+
+    def modify_and_resize(self: Any) -> Any:
+        prefix_list = self.ec2_backend.managed_prefix_lists.get(self._get_param("PrefixListId"))
+        name = prefix_list.prefix_list_name if prefix_list else None
+        result = modify(self)
+        if prefix_list is not None:
+            prefix_list.prefix_list_name = self._get_param("PrefixListName") or name
+            if self._get_param("MaxEntries"):
+                prefix_list.max_entries = int(self._get_param("MaxEntries"))
+        return result
+
+    modify_and_resize.resizes = True  # type: ignore[attr-defined]
+    VPCs.modify_managed_prefix_list = modify_and_resize  # type: ignore[method-assign]
+
+
+_moto_resizes_prefix_lists()
 
 
 # ---------------------------------------------------------------- template.yaml
@@ -202,6 +231,9 @@ def deploy(region: str, parameters: dict[str, str] | None = None, stack: str = "
             nested = {key: str(resolve(value)) for key, value in resource["Properties"].get("Parameters", {}).items()}
             for documents_region in dict.fromkeys([region, *federation_regions]):
                 deploy_node_documents(documents_region, nested, REPO / resource["Properties"]["Location"])
+    # ... and region-forwarder.yaml, deployed by hand in each of those regions too (README, Deploy).
+    for forwarder_region in dict.fromkeys(r for r in federation_regions if r != region):
+        deploy_region_forwarder(forwarder_region, region, params)
     return Deployment(region, state_machines[PAIRING_STATE_MACHINE], function_code, patterns, params, functions,
                       state_machines)
 
@@ -222,6 +254,95 @@ def deploy_node_documents(region: str, parameters: dict[str, str], path: Path = 
                             DocumentType=props["DocumentType"], DocumentFormat=props["DocumentFormat"])
         names.append(props["Name"])
     return names
+
+
+def home_bus_arn(home_region: str) -> str:
+    """The deployment region's default event bus, where template.yaml's trigger rules live."""
+    return f"arn:aws:events:{home_region}:{ACCOUNT_ID}:event-bus/default"
+
+
+def deploy_region_forwarder(region: str, home_region: str, parameters: dict[str, str] | None = None,
+                            path: Path = REPO / "region-forwarder.yaml",
+                            stack: str = "slurm-multicluster-forwarder") -> list[str]:
+    """Create region-forwarder.yaml's role and rules in ``region``, as its stack would; returns the rule names.
+
+    ``parameters`` may hold every parameter of the home stack: the forwarder takes the ones it declares."""
+    template = load_template(path)
+    declared = template.get("Parameters", {})
+    params = {name: str(spec.get("Default", "")) for name, spec in declared.items()}
+    params.update({k: v for k, v in (parameters or {}).items() if k in declared})
+    params["HomeRegion"] = home_region
+    if home_region == region:  # the template's Rules: NotTheHomeRegion
+        raise ValueError(f"{path.name} refuses its home region {region}: the home rules see its events already")
+    attrs: dict[tuple[str, str], str] = {}
+    resolve = _Resolver(params, {}, attrs, region)
+    iam, events = boto3.client("iam", region_name=region), boto3.client("events", region_name=region)
+    names = []
+    for logical, resource in template["Resources"].items():
+        if resource["Type"] not in ("AWS::IAM::Role", "AWS::Events::Rule"):
+            raise ValueError(f"{path.name}: only AWS::IAM::Role and AWS::Events::Rule are modelled, not {resource['Type']}")
+    for logical, resource in template["Resources"].items():  # roles first: rules name them
+        if resource["Type"] == "AWS::IAM::Role":
+            props = resolve(resource["Properties"])
+            role = iam.create_role(RoleName=f"{stack}-{region}-{logical}",
+                                   AssumeRolePolicyDocument=json.dumps(props["AssumeRolePolicyDocument"]))["Role"]
+            for policy in props.get("Policies", []):
+                iam.put_role_policy(RoleName=role["RoleName"], PolicyName=policy["PolicyName"],
+                                    PolicyDocument=json.dumps(policy["PolicyDocument"]))
+            attrs[(logical, "Arn")] = role["Arn"]
+    for logical, resource in template["Resources"].items():
+        if resource["Type"] == "AWS::Events::Rule":
+            props = resolve(resource["Properties"])
+            name = f"{stack}-{logical}"
+            events.put_rule(Name=name, EventPattern=json.dumps(props["EventPattern"]), State=props.get("State", "ENABLED"),
+                            EventBusName=props.get("EventBusName", "default"), Description=props.get("Description", ""))
+            events.put_targets(Rule=name, EventBusName=props.get("EventBusName", "default"), Targets=props["Targets"])
+            names.append(name)
+    return names
+
+
+def _may_put_events(role_arn: str, bus_arn: str) -> bool:
+    """Does the target's role let EventBridge put events on ``bus_arn``? Trusted by events.amazonaws.com, with an
+    inline Allow of events:PutEvents naming exactly that bus (what region-forwarder.yaml's role holds)."""
+    iam = boto3.client("iam", region_name="us-east-1")
+    name = role_arn.rsplit("/", 1)[-1]
+    try:
+        trust = iam.get_role(RoleName=name)["Role"]["AssumeRolePolicyDocument"]
+    except iam.exceptions.NoSuchEntityException:
+        return False
+    trust = json.loads(trust) if isinstance(trust, str) else trust
+    if not any(s.get("Effect") == "Allow" and s.get("Principal", {}).get("Service") == "events.amazonaws.com"
+               for s in trust["Statement"]):
+        return False
+    for policy in iam.list_role_policies(RoleName=name)["PolicyNames"]:
+        document = iam.get_role_policy(RoleName=name, PolicyName=policy)["PolicyDocument"]
+        document = json.loads(document) if isinstance(document, str) else document
+        for statement in document["Statement"]:
+            actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
+            resources = statement["Resource"] if isinstance(statement["Resource"], list) else [statement["Resource"]]
+            if statement["Effect"] == "Allow" and "events:PutEvents" in actions and bus_arn in resources:
+                return True
+    return False
+
+
+def _forwarding_rules(event: dict[str, Any], home_region: str) -> list[str]:
+    """The rules of the event's own region that forward it to ``home_region``'s default bus (each one delivers a
+    copy, as EventBridge does): enabled, pattern matching, target that bus through a role allowed to put there."""
+    from moto.events.models import EventPattern
+
+    events = boto3.client("events", region_name=event["region"])
+    forwarding = []
+    for page in events.get_paginator("list_rules").paginate(EventBusName="default"):
+        for rule in page["Rules"]:
+            if rule.get("State") != "ENABLED" or "EventPattern" not in rule:
+                continue
+            if not EventPattern.load(rule["EventPattern"]).matches_event(event):
+                continue
+            targets = events.list_targets_by_rule(Rule=rule["Name"])["Targets"]
+            if any(t["Arn"] == home_bus_arn(home_region) and _may_put_events(t.get("RoleArn", ""), t["Arn"])
+                   for t in targets):
+                forwarding.append(rule["Name"])
+    return forwarding
 
 
 # ---------------------------------------------------------------- Lambda: real handlers in-process
@@ -485,16 +606,25 @@ def route_event(deployment: Deployment, event: dict[str, Any]) -> str | None:
 
 
 def route_event_to_all(deployment: Deployment, event: dict[str, Any]) -> dict[str, str]:
-    """Deliver ``event`` to every state machine with a matching rule; logical id -> execution ARN."""
+    """Deliver ``event`` to every state machine with a matching rule; logical id -> execution ARN.
+
+    The event is emitted in its own ``region``, as CloudFormation emits it where the stack lives: one of another
+    region reaches the deployment's rules only through a forwarding rule there (region-forwarder.yaml), with its
+    envelope (``source``, ``region``, ``account``) unchanged; without one it starts nothing, as on AWS."""
     from moto.events.models import EventPattern
 
-    boto3.client("events", region_name=deployment.region).put_events(Entries=[{
+    region = event.get("region", deployment.region)
+    boto3.client("events", region_name=region).put_events(Entries=[{
         "Source": event["source"], "DetailType": event["detail-type"], "Detail": json.dumps(event["detail"]),
         "Resources": event.get("resources", []),
     }])
-    matching = dict.fromkeys(logical for logical, pattern in deployment.rule_patterns
-                             if EventPattern.load(json.dumps(pattern)).matches_event(event))
-    return {logical: start_execution(deployment, event, logical) for logical in matching}
+    copies = 1 if region == deployment.region else len(_forwarding_rules(event, deployment.region))
+    started: dict[str, str] = {}
+    for _ in range(copies):
+        matching = dict.fromkeys(logical for logical, pattern in deployment.rule_patterns
+                                 if EventPattern.load(json.dumps(pattern)).matches_event(event))
+        started.update({logical: start_execution(deployment, event, logical) for logical in matching})
+    return started
 
 
 def start_execution(deployment: Deployment, execution_input: dict[str, Any],

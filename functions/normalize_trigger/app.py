@@ -17,6 +17,7 @@ def lambda_handler(event: dict, context: LambdaContext) -> dict:
     workflow = event.get("workflow", "pairing")
     config = settings()
     request = normalize(event.get("event", {}), event.get("executionName", ""), workflow, config.federation_tag_key,
-                        config.deployment_id, lambda name: registry.read(client("ssm", config.deployment_region), name))
+                        config.deployment_id, lambda name: registry.read(client("ssm", config.deployment_region), name),
+                        member_regions=config.member_regions)
     logger.info(f"{workflow} request", extra={"request": request.state()})
     return request.state()

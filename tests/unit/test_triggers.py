@@ -146,3 +146,30 @@ def test_manual_requests_take_the_workflow_s_action_and_only_its_options():
             normalize({"stackName": "beta", "region": "eu-west-1", **bad}, "exec-1", workflow)
     with pytest.raises(InvalidInput):
         normalize({"stackName": "beta", "region": "eu-west-1"}, "exec-1", "sweep;id")
+
+
+# Members in other regions (issue 9): a stack of a region the deployment does not list is refused, loudly.
+MEMBER_REGIONS = Settings(deployment_region="us-east-1", federation_regions=["eu-west-1"]).member_regions
+
+
+def test_a_stack_in_a_listed_region_is_accepted_from_its_own_regions_event():
+    assert normalize(_event(), "exec-1", member_regions=MEMBER_REGIONS).region == "eu-west-1"
+
+
+@pytest.mark.parametrize("workflow", ["pairing", "unpairing"])
+def test_a_stack_in_a_region_not_listed_is_refused_with_what_to_do(workflow):
+    with pytest.raises(InvalidInput, match=r"region eu-west-1 of stack beta is not one of this deployment's regions "
+                                           r"\(us-east-1\): add it to FederationRegions"):
+        normalize(_event(), "exec-1", workflow, member_regions=["us-east-1"])
+    with pytest.raises(InvalidInput, match="add it to FederationRegions"):
+        normalize({"stackName": "beta", "region": "ap-south-1"}, "exec-1", workflow, member_regions=MEMBER_REGIONS)
+
+
+def test_an_event_that_starts_nothing_is_not_refused_for_its_region():
+    assert normalize(_event(status="CREATE_IN_PROGRESS"), "x", member_regions=["us-east-1"]).action == "ignore"
+
+
+def test_an_event_emitted_in_another_region_than_its_stacks_is_refused():
+    event = {**_event(), "region": "us-east-1"}
+    with pytest.raises(InvalidInput, match="emitted in 'us-east-1' about a stack in 'eu-west-1'"):
+        normalize(event, "exec-1")

@@ -48,13 +48,20 @@ class MotoAws:
 
 
 @pytest.fixture
-def moto_aws(aws_env: None) -> Iterator[MotoAws]:
+def deployment_parameters() -> dict[str, str]:
+    """Template parameters of ``moto_aws``'s deployment; a test overrides them with
+    ``@pytest.mark.parametrize("deployment_parameters", [{...}])``."""
+    return {}
+
+
+@pytest.fixture
+def moto_aws(aws_env: None, deployment_parameters: dict[str, str]) -> Iterator[MotoAws]:
     """moto with the template deployed; SSM reaches no node (as with clusters lacking the SSM policy)."""
     from slurm_multicluster import aws
 
     aws.client.cache_clear()
     with mock_aws(config=cloud.MOTO_CONFIG):
-        deployment = cloud.deploy(REGION)
+        deployment = cloud.deploy(REGION, deployment_parameters)
         with cloud.real_lambda_handlers(deployment), cloud.ssm_runs_on(
             executor=lambda *args: (1, "", "no node"), routable=lambda instance_id: False
         ) as commands:

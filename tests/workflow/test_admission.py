@@ -186,6 +186,7 @@ def test_a_head_node_without_cloudformation_tags_is_not_a_head_node(moto_aws, al
         pairing.discover(client, request, Settings(deployment_region=REGION))
 
 
+@pytest.mark.parametrize("deployment_parameters", [{"FederationRegions": "us-west-2"}])  # its events forwarded home
 def test_a_same_named_stack_in_another_region_is_another_cluster(moto_aws, alpha):
     beta = moto_aws.cluster("beta", "10.250.0.21", [], FEDERATION_TAGS, admit="member")
     west = create_network("us-west-2", "10.251.0.0/24")

@@ -26,6 +26,11 @@ class Settings(BaseModel):
     munge_key_bytes: int = 1024
     unpair_removes_accounting: bool = False
 
+    @property
+    def member_regions(self) -> list[str]:
+        """Where federation members may live: this deployment's region and the FederationRegions."""
+        return list(dict.fromkeys(r for r in [self.deployment_region, *self.federation_regions] if r))
+
     def regions_to_search(self, cluster_region: str) -> list[str]:
         """The regions whose stacks can be federation members: the cluster's, this deployment's, the listed ones."""
         regions = [cluster_region, self.deployment_region, *self.federation_regions]

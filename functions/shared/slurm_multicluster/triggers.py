@@ -145,7 +145,7 @@ def _tag_change(event: dict[str, Any], execution_name: str, tag_key: str, workfl
         reason=f"tag {tag_key} {'set' if tagged else 'removed'}" if relevant else "tag change not about the federation tag",
         stack_name=name,
         stack_id=parsed.resources[0],
-        region=v.require(v.REGION, region, "region"),
+        region=_event_region(parsed, region),
         trigger="tag-added" if tagged else "tag-removed",
         event_id=parsed.id,
         execution_name=execution_name,
@@ -154,12 +154,32 @@ def _tag_change(event: dict[str, Any], execution_name: str, tag_key: str, workfl
 
 def normalize(event: dict[str, Any], execution_name: str, workflow: str = "pairing",
               tag_key: str = "slurm-multicluster:federation", deployment_id: str = "default",
-              read_parameter: Callable[[str], str | None] | None = None) -> PairingRequest:
+              read_parameter: Callable[[str], str | None] | None = None,
+              member_regions: list[str] | None = None) -> PairingRequest:
     """Validate the trigger strictly; hostile or malformed values raise InvalidInput before anything else runs.
 
     ``workflow`` ("pairing" or "unpairing") is the state machine asking: a manual request means its action.
     ``read_parameter`` reads a registry parameter (a federation's declaration names its accounting cluster).
+    ``member_regions`` (Settings.member_regions): a request about a stack in any other region is refused.
     """
+    request = _normalize(event, execution_name, workflow, tag_key, deployment_id, read_parameter)
+    if member_regions is not None and request.action != "ignore" and request.region not in member_regions:
+        raise InvalidInput(
+            f"region {request.region} of stack {request.stack_name} is not one of this deployment's regions "
+            f"({', '.join(member_regions)}): add it to FederationRegions and deploy region-forwarder.yaml there "
+            "(README, Deploy); nothing was changed")
+    return request
+
+
+def _event_region(parsed: EventBridgeModel, stack_region: str) -> str:
+    """The stack's region, which must be where the event was emitted (forwarded events keep their region)."""
+    if parsed.region != stack_region:
+        raise InvalidInput(f"invalid event: emitted in {parsed.region!r} about a stack in {stack_region!r}")
+    return v.require(v.REGION, stack_region, "region")
+
+
+def _normalize(event: dict[str, Any], execution_name: str, workflow: str, tag_key: str, deployment_id: str,
+               read_parameter: Callable[[str], str | None] | None) -> PairingRequest:
     if workflow not in ("pairing", "unpairing"):
         raise InvalidInput(f"invalid workflow {workflow!r}: must be pairing or unpairing")
     try:
@@ -179,7 +199,7 @@ def normalize(event: dict[str, Any], execution_name: str, workflow: str = "pairi
                 reason=f"stack status {status}",
                 stack_name=name,
                 stack_id=parsed.detail.stack_id,
-                region=v.require(v.REGION, region, "region"),
+                region=_event_region(parsed, region),
                 trigger=status,
                 event_id=parsed.id,
                 execution_name=execution_name,

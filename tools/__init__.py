@@ -1,0 +1,1 @@
+"""Generators of files derived from template.yaml (run by make targets; never imported by functions/)."""
