@@ -87,3 +87,25 @@ def test_discover_without_slurm_conf_fails(node):
     result = node.run("discover-slurm.sh")
     assert result.returncode == 1
     assert result.json["ok"] is False and "slurm.conf" in result.json["error"]
+
+
+def test_discover_fingerprints_each_shared_copy_the_nodes_boot_from(node):
+    """A head node on the federation key whose shared copies hold another (the key copied to the head by hand)."""
+    other = new_key()
+    node.write_key(node.shared_dir / ".munge.key", other, 0o600)
+    node.login_shared_dir.mkdir(parents=True)  # a pool's dir without a key yet
+    facts = node.run("discover-slurm.sh").json
+    assert facts["sharedMungeKeys"] == [f"{node.shared_dir}/.munge.key={sha256(other)}",
+                                        f"{node.login_shared_dir}/.munge.key="]
+    assert facts["mungeKeySha256"] == file_sha(node.key_file) != sha256(other)
+
+
+def test_report_munge_key_says_which_key_a_node_runs_and_changes_nothing(node):
+    before = node.snapshot()
+    facts = node.run("report-munge-key.sh").json
+    assert facts == {"ok": True, "changed": False, "mungeKeySha256": file_sha(node.key_file), "mungeActive": True}
+    assert node.snapshot() == before and node.systemctl_actions() == []
+    node.key_file.unlink()
+    assert node.run("report-munge-key.sh").json["mungeKeySha256"] is None
+    refused = node.run("report-munge-key.sh", "--secret-id", "x")
+    assert refused.returncode == 2 and refused.json["ok"] is False

@@ -20,7 +20,7 @@ def rule(group: str, target: str, source: str) -> dict:
 
 def plan(cluster: str, rules=(), key=False, accounting=None) -> dict:
     return {"clusterName": cluster, "alreadyPaired": not (rules or key or accounting), "ingressRules": list(rules),
-            "mungeKey": {"installOnHead": key}, "accounting": accounting}
+            "mungeKey": {"installOnHead": key, "headKeyDiffers": key}, "accounting": accounting}
 
 
 def result(cluster: str, the_plan=None, **kwargs) -> dict:
@@ -46,6 +46,19 @@ def test_pairing_run_names_are_deterministic_valid_and_short():
     name = sweep.pairing_execution_name("f" * 80, longest)
     assert name == sweep.pairing_execution_name("f" * 80, longest) != sweep.pairing_execution_name("g", longest)
     assert len(name) <= 80 and v.BACKUP_ID.fullmatch(name)
+
+
+def test_a_half_paired_cluster_is_said_to_be_so_not_to_have_another_key():
+    """Head node on the federation key, its shared copies and some nodes not (the key copied to the head by hand)."""
+    half = {"clusterName": "beta", "alreadyPaired": False, "ingressRules": [], "accounting": None, "mungeKey": {
+        "installOnHead": True, "headKeyDiffers": False, "installOnInstances": ["i-0123456789abcdef0", "i-1"],
+        "staleSharedCopies": ["/opt/parallelcluster/shared/.munge/.munge.key"]}}
+    assert sweep.drift_items(half, 0) == [
+        "shared munge key copies not on the federation key: /opt/parallelcluster/shared/.munge/.munge.key",
+        "2 compute/login nodes on another munge key"]
+    only_nodes = {**half, "mungeKey": {"installOnHead": False, "headKeyDiffers": False,
+                                       "installOnInstances": ["i-1"], "staleSharedCopies": []}}
+    assert sweep.drift_items(only_nodes, 0) == ["1 compute/login node on another munge key"]
 
 
 def test_each_drift_is_said_in_an_admins_words():

@@ -22,6 +22,7 @@ FederationName = Annotated[str, _matching(v.FEDERATION_NAME, "federation name")]
 Region = Annotated[str, _matching(v.REGION, "region")]
 ExecutionName = Annotated[str, _matching(v.BACKUP_ID, "execution name")]
 Sha256 = Annotated[str, _matching(v.SHA256, "munge key fingerprint")]
+SharedMungeKey = Annotated[str, _matching(v.SHARED_MUNGE_KEY, "shared munge key fingerprint")]
 
 
 class StateModel(BaseModel):
@@ -79,6 +80,13 @@ class SlurmSettings(StateModel):
     munge_version: str | None = None
     munge_key_sha256: Sha256
     registered_clusters: list[str] = []  # "name=ControlHost" in this node's slurmdbd (accounting head only)
+    # the shared copies compute and login nodes boot from: "<file>=<sha256>", "<file>=" when a dir holds none
+    shared_munge_keys: list[SharedMungeKey] = []
+
+    def shared_keys_not(self, sha256: str) -> list[str]:
+        """The shared munge key copies that do not hold the key with this fingerprint (missing ones included)."""
+        return [entry.split("=", 1)[0] for entry in self.shared_munge_keys if entry.split("=", 1)[1] != sha256]
+
 
     def control_hosts(self) -> dict[str, str]:
         """ClusterName -> ControlHost registered in this node's slurmdbd ("" when not connected)."""

@@ -35,7 +35,9 @@ class KeyPlan(StateModel):
     create_secret_value_from: str | None = None  # accounting cluster uploading its key when the secret is empty
     expected_sha256: str
     install_on_head: bool
-    install_on_instances: list[str] = []
+    head_key_differs: bool = False  # the head node runs another key (else only shared copies or nodes do)
+    install_on_instances: list[str] = []  # compute and login nodes not on the federation key
+    stale_shared_copies: list[str] = []  # shared copies (compute and login nodes boot from) not holding it
 
 
 class AccountingPlan(StateModel):
@@ -182,12 +184,20 @@ def plan(clients: ClientFactory, request: PairingRequest, members: list[Member],
     # A same-named secret someone else made would be handed the key: refuse before anything changes.
     munge_secret.check_ours(clients("secretsmanager", accounting.region), secret_name, config)
     expected = accounting.slurm.munge_key_sha256
-    install = new.slurm.munge_key_sha256 != expected
+    head_differs = new.slurm.munge_key_sha256 != expected
+    stale_shared = new.slurm.shared_keys_not(expected)
+    install = head_differs or bool(stale_shared)
+    # A head node already on the federation key may still have nodes on another one (the key copied to the head
+    # only, by hand): ask each node which key it runs, rather than assume they follow the head.
+    nodes = new.compute_instance_ids + new.login_instance_ids
+    stale_nodes = nodes if head_differs else nodes_not_on(clients, new, expected, config)
     restarts = []
-    if install:
+    if head_differs:
         restarts.append(f"{new.cluster_name} head node: munge")
-        if new.compute_instance_ids or new.login_instance_ids:
-            restarts.append(f"{new.cluster_name} compute and login nodes: munge, slurmd")
+    elif stale_shared:
+        restarts.append(f"{new.cluster_name} head node: none (only its shared copies {', '.join(stale_shared)} change)")
+    if stale_nodes:
+        restarts.append(f"{new.cluster_name} compute and login nodes on another key ({len(stale_nodes)}): munge, slurmd")
     accounting_plan = None
     if not new.is_accounting:
         host, port = accounting.head_node.private_ip, accounting.slurm.dbd_port or 6819
@@ -208,7 +218,7 @@ def plan(clients: ClientFactory, request: PairingRequest, members: list[Member],
         )
         if stop_dbd:
             restarts.append(f"{new.cluster_name} head node: stop and disable its own slurmdbd")
-    if install or (accounting_plan and accounting_plan.change):
+    if head_differs or (accounting_plan and accounting_plan.change):
         restarts.append(f"{new.cluster_name} head node: slurmctld (once, after the key and accounting changes)")
     return Plan(
         federation=new.federation,
@@ -223,12 +233,30 @@ def plan(clients: ClientFactory, request: PairingRequest, members: list[Member],
             secret_name=secret_name,
             expected_sha256=expected,
             install_on_head=install,
-            install_on_instances=new.compute_instance_ids + new.login_instance_ids if install else [],
+            head_key_differs=head_differs,
+            install_on_instances=stale_nodes,
+            stale_shared_copies=stale_shared,
         ),
         accounting=accounting_plan,
         restarts=restarts,
-        already_paired=not rules and not install and not (accounting_plan and (accounting_plan.change or accounting_plan.stop_local_slurmdbd)),
+        already_paired=not rules and not install and not stale_nodes and not (accounting_plan and (accounting_plan.change or accounting_plan.stop_local_slurmdbd)),
     )
+
+
+def nodes_not_on(clients: ClientFactory, member: Member, sha256: str, config: Settings) -> list[str]:
+    """The member's compute and login nodes that do not run the key with this fingerprint, as each node itself
+    reports it (report-munge-key.sh, read-only); a node that cannot say counts as not on it."""
+    nodes = member.compute_instance_ids + member.login_instance_ids
+    if not nodes:
+        return []
+    results = node_commands.run_script(
+        clients("ssm", member.region), nodes, "report-munge-key.sh", {}, timeout_seconds=120,
+        comment=f"slurm-multicluster: which munge key {member.cluster_name}'s nodes run",
+    )
+    stale = [i for i in nodes if not results[i].ok or results[i].result.get("mungeKeySha256") != sha256]
+    if stale:
+        logger.info("nodes not on the federation key", extra={"cluster": member.cluster_name, "instances": stale})
+    return stale
 
 
 def authorize_ingress(clients: ClientFactory, the_plan: Plan, execution: str, config: Settings) -> list[AddedRule]:
@@ -263,19 +291,19 @@ def sync_munge_key(clients: ClientFactory, the_plan: Plan, members: list[Member]
         if uploaded.get("sha256") != the_plan.munge_key.expected_sha256:
             raise PrerequisiteFailed("the uploaded federation key does not match the accounting cluster's live key")
         outcome["uploaded"] = True
-    if not the_plan.munge_key.install_on_head:
-        return outcome
     ssm = clients("ssm", new.region)
-    common = {"SecretId": arn, "Region": accounting.region, "ExpectSha256": the_plan.munge_key.expected_sha256,
-              "BackupId": execution}
-    # When the accounting settings change next, set-accounting.sh restarts slurmctld: once is enough.
-    restart = "" if the_plan.accounting and the_plan.accounting.change else "slurmctld"
-    node_commands.run_script_checked(
-        ssm, [new.head_node.instance_id], "install-munge-key.sh", {**common, "SharedDirs": True, "Restart": restart},
-        timeout_seconds=config.node_command_timeout_seconds,
-        comment=f"slurm-multicluster: install the federation munge key on {new.cluster_name} head node",
-    )
-    outcome["installedOn"].append(new.head_node.instance_id)
+    if the_plan.munge_key.install_on_head:  # the head node's key, or only its shared copies
+        common = {"SecretId": arn, "Region": accounting.region, "ExpectSha256": the_plan.munge_key.expected_sha256,
+                  "BackupId": execution}
+        # When the accounting settings change next, set-accounting.sh restarts slurmctld: once is enough.
+        restart = "" if the_plan.accounting and the_plan.accounting.change else "slurmctld"
+        node_commands.run_script_checked(
+            ssm, [new.head_node.instance_id], "install-munge-key.sh", {**common, "SharedDirs": True, "Restart": restart},
+            timeout_seconds=config.node_command_timeout_seconds,
+            comment=f"slurm-multicluster: install the federation munge key on {new.cluster_name} head node",
+        )
+        outcome["installedOn"].append(new.head_node.instance_id)
+    # after the head node: the nodes copy the key from its shared copies
     if the_plan.munge_key.install_on_instances:
         node_commands.run_script_checked(
             ssm, the_plan.munge_key.install_on_instances, "install-munge-key.sh",

@@ -158,6 +158,7 @@ _DEADLINE = "seconds each daemon gets to become ready after its restart (default
 
 DOCUMENTS: dict[str, NodeDocument] = {d.script: d for d in (
     NodeDocument("discover-slurm.sh", "DiscoverSlurm", ()),
+    NodeDocument("report-munge-key.sh", "ReportMungeKey", ()),
     NodeDocument("upload-munge-key.sh", "UploadMungeKey", (
         _value("SecretId", "--secret-id", SECRET_ID, "the federation secret (name or ARN); it must already exist",
                required=True),

@@ -264,8 +264,15 @@ def drift_items(plan: dict[str, Any], missing_rules: int) -> list[str]:
     items = []
     if missing_rules:
         items.append(f"{missing_rules} missing ingress rule{'s' if missing_rules > 1 else ''}")
-    if (plan.get("mungeKey") or {}).get("installOnHead"):
+    key = plan.get("mungeKey") or {}
+    if key.get("headKeyDiffers"):
         items.append("munge key differs")
+    else:  # half-paired: the head node runs the federation key, not everything that copies from it
+        if key.get("staleSharedCopies"):
+            items.append(f"shared munge key copies not on the federation key: {', '.join(key['staleSharedCopies'])}")
+        if key.get("installOnInstances"):
+            nodes = key["installOnInstances"]
+            items.append(f"{len(nodes)} compute/login node{'s' if len(nodes) > 1 else ''} on another munge key")
     accounting = plan.get("accounting") or {}
     if accounting.get("change"):
         current = (f"{accounting.get('currentHost')}:{accounting.get('currentPort') or ''}".rstrip(":")

@@ -12,7 +12,8 @@
 #   slurm_parallelcluster.conf when slurm.conf includes it, else slurm.conf), accountingDefinedIn (files
 #   setting any AccountingStorageType/Host/Port), dbdPort (int or null, from slurmdbd.conf),
 #   slurmdbdUnit, slurmdbdActive, slurmctldActive, mungeActive (bools), slurmVersion, slurmdbdVersion,
-#   mungeVersion, mungeKeySha256 (fingerprint only, never key bytes), configSource,
+#   mungeVersion, mungeKeySha256 (fingerprint only, never key bytes), sharedMungeKeys ("<file>=<sha256>" of
+#   each shared copy compute and login nodes boot from, "<file>=" when the dir exists without a key), configSource,
 #   registeredClusters (where this node runs an active slurmdbd: "name=ControlHost" of every cluster in its
 #   accounting, ControlHost empty when that cluster's slurmctld is not connected; else an empty list).
 # Environment: SLURM_ETC (/opt/slurm/etc), MUNGE_KEY_FILE (/etc/munge/munge.key).
@@ -121,6 +122,11 @@ munge_active=false
 ! unit_active munge || munge_active=true
 munge_version=$(munge --version 2>/dev/null | sed -n 's/^munge-\([0-9][0-9.]*\).*/\1/p' | head -n1) || munge_version=""
 munge_sha=$(sha256_of "$MUNGE_KEY_FILE")
+shared_keys=()
+for dir in ${SHARED_DIRS[@]+"${SHARED_DIRS[@]}"}; do
+    [[ -d $dir ]] || continue
+    shared_keys+=("$dir/$SHARED_MUNGE_KEY_NAME=$(sha256_of "$dir/$SHARED_MUNGE_KEY_NAME")")
+done
 
 result_str_or_null clusterName "$cluster_name"
 result_str_or_null slurmctldHost "$ctld_host"
@@ -140,6 +146,7 @@ result_str_or_null slurmVersion "$slurm_version"
 result_str_or_null slurmdbdVersion "$slurmdbd_version"
 result_str_or_null mungeVersion "$munge_version"
 result_str_or_null mungeKeySha256 "$munge_sha"
+result_list sharedMungeKeys ${shared_keys[@]+"${shared_keys[@]}"}
 result_str configSource "$config_source"
 result_list registeredClusters ${registered[@]+"${registered[@]}"}
 finish
