@@ -4,7 +4,8 @@ Installed by the test fixture as small wrappers (`bin/systemctl`, `bin/scontrol`
 ``python standins.py <command> ARGS``. All state lives in ``$NODE_STATE/node.json``; every invocation is
 appended to ``$NODE_STATE/calls.log`` (one JSON list per line) so a test can see what was restarted.
 
-- ``systemctl`` knows the units listed in node.json. The ``munge`` unit runs a REAL munged (the key file is
+- ``systemctl`` knows the units listed in node.json. It speaks ``systemd_version`` (default 252, Amazon Linux 2023):
+  below 230 it rejects ``--value`` as systemd 219 does; ``systemctl_broken`` makes every call fail as without D-Bus. The ``munge`` unit runs a REAL munged (the key file is
   ``$MUNGE_KEY_FILE``, the socket ``$MUNGE_SOCKET``), so munge round trips in the tests are real. Slurm units
   are state only: starting ``slurmctld`` snapshots the accounting settings from the slurm.conf include tree
   (what ``scontrol show config`` then reports), and fails when a unit says so (``fail_restarts``,
@@ -187,15 +188,28 @@ def stop_unit(node: dict, name: str) -> None:
     unit["state"] = "inactive"
 
 
+# systemd 230 added `systemctl show --value`; older ones (219: RHEL 7, Amazon Linux 2) reject the option.
+VALUE_OPTION_SINCE = 230
+
+
 def systemctl(args: list[str]) -> int:
+    node = load()
+    if "--value" in args and node.get("systemd_version", 252) < VALUE_OPTION_SINCE:
+        print("systemctl: unrecognized option '--value'", file=sys.stderr)  # getopt's words, as systemd 219 says
+        return 1
+    if node.get("systemctl_broken"):  # no D-Bus, no systemd: every query fails
+        print("Failed to connect to bus: No such file or directory", file=sys.stderr)
+        return 1
     quiet = "--quiet" in args or "-q" in args
     words = [a for a in args if a not in ("--quiet", "-q", "--no-pager")]
-    node = load()
     units = node["units"]
     if words[:1] == ["show"]:
-        if words[1:4] != ["-p", "LoadState", "--value"] or len(words) != 5:
-            unsupported("systemctl " + " ".join(words))
-        print("loaded" if words[4] in units else "not-found")
+        value_only = "--value" in words
+        words = [w for w in words if w != "--value"]
+        if words[1:3] != ["-p", "LoadState"] or len(words) != 4:
+            unsupported("systemctl " + " ".join(args))
+        state = "loaded" if words[3].removesuffix(".service") in units else "not-found"
+        print(state if value_only else f"LoadState={state}")
         return 0
     if len(words) == 3 and words[0] == "kill" and words[1] == "--signal=SIGKILL":
         words = ["kill", words[2]]
@@ -223,6 +237,10 @@ def systemctl(args: list[str]) -> int:
     if verb in ("enable", "disable"):
         units[name]["enabled"] = verb == "enable"
     elif verb == "start":
+        if units[name].get("hang_on_start"):  # a start job that does not finish (the test kills it: hanging.pid)
+            (STATE / "hanging.pid").write_text(str(os.getpid()))
+            time.sleep(units[name]["hang_on_start"])
+            return 1
         if unit_active(node, name) != "active":
             start_unit(node, name)
     elif verb == "stop":

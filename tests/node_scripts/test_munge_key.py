@@ -104,7 +104,7 @@ def test_install_writes_the_key_0400_and_the_shared_copy_and_restarts(node, secr
     assert result.json == {
         "ok": True, "changed": True, "sha256": new_sha, "previousSha256": old_sha,
         "restarted": ["munge", "slurmdbd", "slurmctld"],
-        "sharedFiles": [str(node.shared_dir / ".munge.key")], "source": "secret",
+        "sharedFiles": [str(node.shared_dir / ".munge.key")], "source": "secret", "prunedBackups": [],
     }
     assert file_sha(node.key_file) == new_sha
     assert mode_owner(node.key_file) == (0o400, "munge")

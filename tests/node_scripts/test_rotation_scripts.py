@@ -279,7 +279,7 @@ def test_switch_installs_the_staged_key_restarts_and_removes_the_staged_copies(n
     assert result.json == {
         "ok": True, "changed": True, "sha256": sha256(pending_key), "previousSha256": old_sha,
         "restarted": ["munge", "slurmdbd", "slurmctld"], "sharedFiles": [str(shared)], "source": "staged",
-        "unstaged": [str(staging_file(node)), str(node.shared_dir / ".munge.key.pending")],
+        "unstaged": [str(staging_file(node)), str(node.shared_dir / ".munge.key.pending")], "prunedBackups": [],
     }
     assert file_sha(node.key_file) == file_sha(shared) == sha256(pending_key)
     assert mode_owner(node.key_file) == (0o400, "munge")

@@ -26,7 +26,7 @@ def test_rewrites_only_the_three_lines_and_backs_up_first(node):
     assert result.returncode == 0, result.stderr
     assert result.json == {
         "ok": True, "changed": True, "file": str(pc_conf), "restarted": ["slurmctld"], "stoppedSlurmdbd": False,
-        "startedSlurmdbd": False, "clusterIdReset": False,
+        "startedSlurmdbd": False, "clusterIdReset": False, "prunedBackups": [],
     }
     expected = (
         PC_CONF_WITH_ACCOUNTING.replace("AccountingStorageHost=ip-10-0-0-10", f"AccountingStorageHost={FEDERATION_DBD}")
@@ -221,7 +221,8 @@ def test_restore_of_an_unknown_backup_changes_nothing(node):
     before = node.snapshot()
     result = node.run("restore-backup.sh", "--backup-id", "never-ran")
     assert result.returncode == 0
-    assert result.json == {"ok": True, "changed": False, "found": False, "restored": [], "restarted": []}
+    assert result.json == {"ok": True, "changed": False, "found": False, "restored": [], "restarted": [],
+                           "failedUnits": []}
     assert node.snapshot() == before
     assert node.systemctl_actions() == []
 

@@ -74,7 +74,7 @@ SAMPLE = {
     "Region": "us-east-1", "VersionStage": "AWSPENDING", "ExpectSha256": "0" * 64, "BackupId": "exec-9",
     "Restart": "slurmdbd,slurmctld", "Deadline": "120", "VersionId": "a" * 36, "KeyBytes": "1024",
     "Host": "10.0.1.20", "Port": "6819", "Cluster": "beta", "Peers": "alpha,beta", "Interval": "1",
-    "Mode": "decode", "Credential": "MUNGE:AwQFAAB=:",
+    "Mode": "decode", "Credential": "MUNGE:AwQFAAB=:", "KeepBackups": "3",
 }
 
 

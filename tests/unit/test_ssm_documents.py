@@ -43,6 +43,7 @@ VALID = {
     "Mode": ["encode", "decode"],
     "Credential": ["MUNGE:AwQFAABtq9A+/abc==:", "MUNGE:" + "A" * 8000 + ":"],
     "executionTimeout": ["1", "600", "99999"],
+    "KeepBackups": ["1", "3", "10", "99"],
 }
 # values each parameter must refuse although they contain nothing hostile (the scripts' ranges and lists)
 OUT_OF_RANGE = {
@@ -51,6 +52,7 @@ OUT_OF_RANGE = {
     "VersionStage": ["AWSCURRENTX", "current"], "ExpectSha256": ["A" * 64, "0" * 63], "VersionId": ["a" * 31],
     "BackupId": ["-exec", "A" * 81], "Host": ["-host", "host-", "a..b"], "Credential": ["MUNGE::"],
     "Peers": ["alpha,", ",alpha"], "Region": ["US-EAST-1", "useast1"], "executionTimeout": ["123456"],
+    "KeepBackups": ["0", "100", "03"],
 }
 HOSTILE = ["'", " ", "\n", "\t", "$(id)", "`id`", ";", "|", "&", "{", "}", "$", "{{ SecretId }}", "'; reboot; '"]
 
@@ -269,7 +271,7 @@ def test_a_script_is_sent_as_its_document_with_typed_parameters(documents_in_mot
     assert results[instance].ok
     assert sent[0]["DocumentName"] == "SlurmMulticluster-default-SetAccounting"
     assert sent[0]["Parameters"] == {"Host": ["10.0.0.11"], "Port": ["6819"], "BackupId": ["exec-9"],
-                                     "StopLocalSlurmdbd": ["true"], "executionTimeout": ["300"]}
+                                     "StopLocalSlurmdbd": ["true"], "KeepBackups": ["3"], "executionTimeout": ["300"]}
     (command,) = reached
     assert command.timeout == 300  # executionTimeout is the step's timeoutSeconds
     assert command.parameters["StartLocalSlurmdbd"] == "false" and command.parameters["Deadline"] == ""  # defaults

@@ -74,6 +74,18 @@ def parse_result(stdout: str) -> dict[str, Any]:
     return result if isinstance(result, dict) else {"ok": False, "error": "the script's result is not an object"}
 
 
+# How many backup sets a node keeps after a successful change (KeepBackups of the scripts that take it): the
+# newest ones; older sets hold old munge keys, an evicted cluster's too (node_scripts/README.md, "Backups").
+NODE_BACKUPS_KEPT = 3
+
+
+def _with_backups_kept(script: str, parameters: Parameters) -> Parameters:
+    """The parameters, with KeepBackups set to NODE_BACKUPS_KEPT for a script that prunes its node's backups."""
+    if "KeepBackups" in parameters or all(p.name != "KeepBackups" for p in ssm_documents.document(script).parameters):
+        return parameters
+    return {**parameters, "KeepBackups": str(NODE_BACKUPS_KEPT)}
+
+
 # SendCommand accepts at most 50 InstanceIds (AWS API reference; moto accepts more): bigger fleets go in batches.
 SEND_COMMAND_MAX_INSTANCES = 50
 
@@ -182,7 +194,7 @@ def send_script(
     (one SSM command per 50 instances) without waiting for it. The deployment id defaults to the settings'."""
     document = ssm_documents.document_name(deployment_id or settings().deployment_id, script)
     sent_parameters = ssm_documents.parameters(
-        script, {**parameters, ssm_documents.EXECUTION_TIMEOUT: str(timeout_seconds)})
+        script, {**_with_backups_kept(script, parameters), ssm_documents.EXECUTION_TIMEOUT: str(timeout_seconds)})
     command_ids: dict[str, str] = {}
     for start in range(0, len(instance_ids), SEND_COMMAND_MAX_INSTANCES):
         batch = instance_ids[start:start + SEND_COMMAND_MAX_INSTANCES]

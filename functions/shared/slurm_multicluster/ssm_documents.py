@@ -65,6 +65,7 @@ RESTART_UNITS = f"{_UNIT}(,{_UNIT})*"
 VERSION_ID = "[A-Za-z0-9-]{32,64}"  # create-pending-munge-key.sh's RE_VERSION_ID
 KEY_BYTES = "3[2-9]|[4-9][0-9]|[1-9][0-9]{2}|10[01][0-9]|102[0-4]"  # 32..1024
 MUNGE_CREDENTIAL = "MUNGE:[A-Za-z0-9+/]{1,8183}={0,2}:"  # RE_MUNGE_CREDENTIAL, 8192 characters at most
+KEEP_BACKUPS = "[1-9][0-9]?"  # common.sh's RE_KEEP_BACKUPS: 1..99 backup sets
 BACKUP_ID = _body(v.BACKUP_ID)
 SHA256 = _body(v.SHA256)
 
@@ -155,6 +156,8 @@ _REGION = "the secret's region"
 _EXPECT = "the key's sha256 fingerprint; any other key is refused and nothing changes"
 _BACKUP = "backup name (the workflow's execution name), see restore-backup.sh"
 _DEADLINE = "seconds each daemon gets to become ready after its restart (default 120)"
+_KEEP = ("after a successful change keep the newest N backup sets on the node, this one included (1..99, default 3); "
+         "older ones are deleted unless changed in the last 12 h")
 
 DOCUMENTS: dict[str, NodeDocument] = {d.script: d for d in (
     NodeDocument("discover-slurm.sh", "DiscoverSlurm", ()),
@@ -178,6 +181,7 @@ DOCUMENTS: dict[str, NodeDocument] = {d.script: d for d in (
         _value("Restart", "--restart", RESTART_UNITS, "Slurm daemons to restart after munge: slurmdbd, slurmctld, "
                "slurmd (comma-separated)"),
         _value("Deadline", "--deadline", SECONDS_3600, _DEADLINE),
+        _value("KeepBackups", "--keep-backups", KEEP_BACKUPS, _KEEP),
     )),
     NodeDocument("create-pending-munge-key.sh", "CreatePendingMungeKey", (
         _value("SecretId", "--secret-id", SECRET_ID, "the federation secret (name or ARN), whose AWSCURRENT this "
@@ -209,6 +213,7 @@ DOCUMENTS: dict[str, NodeDocument] = {d.script: d for d in (
                 "(Host must be this node)"),
         _value("Deadline", "--deadline", SECONDS_3600, "seconds slurmctld gets to answer scontrol ping after its "
                "restart (default 120)"),
+        _value("KeepBackups", "--keep-backups", KEEP_BACKUPS, _KEEP),
     )),
     NodeDocument("remove-from-accounting.sh", "RemoveFromAccounting", (
         _value("Cluster", "--cluster", SLURM_CLUSTER, "the departed cluster's Slurm ClusterName", required=True),

@@ -11,7 +11,7 @@
 #       STAGING_ROOT=<BACKUP_ROOT's parent>/staged (keys staged by a rotation, not yet in use)
 #   - the JSON result line (result_* to add fields, finish / die / die_usage to print it and exit)
 #   - strict value checks (check_* helpers, regexes below)
-#   - backups: backup_open, backup_file, manifest, restore_paths
+#   - backups: backup_open, backup_file, manifest, restore_paths, prune_backups
 #   - systemd units: unit_exists, unit_state, restart_unit, start_unit, stop_unit
 #   - readiness polls with a deadline: wait_unit_active, wait_slurmctld_up, wait_munge_roundtrip
 #   - the slurm.conf include tree: slurm_conf_tree, conf_files_defining, conf_last_value
@@ -492,11 +492,65 @@ restore_paths() {
     done <"$MANIFEST"
 }
 
+# Backup sets a changing script keeps after its change succeeded (--keep-backups N, 1..99): the newest ones.
+KEEP_BACKUPS_DEFAULT=3
+RE_KEEP_BACKUPS='^[1-9][0-9]?$'
+# A set changed this recently may still be restored by the workflow run that made it: no run that restores
+# backups lasts longer than the rotation's 10 h (its TimeoutSeconds, 36000), so 12 h is past any rollback.
+BACKUP_IN_FLIGHT_SECONDS=43200
+
+check_keep_backups() { check_regex --keep-backups "$1" "$RE_KEEP_BACKUPS" "a number of backup sets from 1 to 99"; }
+
+# prune_backups KEEP: after a successful change under BACKUP_DIR, delete the oldest backup sets (and their
+# staging slots) beyond the newest KEEP, newest = latest manifest change. Never BACKUP_DIR itself (counted
+# among the KEEP) and never a set changed in the last BACKUP_IN_FLIGHT_SECONDS. Best effort: a set that cannot
+# be deleted is reported on stderr, never failing the change. Needs the node lock (no restore runs meanwhile).
+# Sets PRUNED_BACKUPS to the deleted backup ids, oldest last.
+PRUNED_BACKUPS=()
+prune_backups() {
+    local keep=$1 current=${BACKUP_DIR##*/} newest_first=() dir id changed kept=1 now_s
+    PRUNED_BACKUPS=()
+    now_s=$(now)
+    for dir in "$BACKUP_ROOT"/*; do
+        id=${dir##*/}
+        # only sets the scripts made: a plain directory with a manifest, named as a backup id
+        [[ $id != "$current" && $id =~ $RE_BACKUP_ID && -d $dir && ! -L $dir && -f $dir/manifest ]] || continue
+        changed=$(stat -c %Y -- "$dir/manifest" 2>/dev/null) || continue
+        newest_first+=("$changed $id")
+    done
+    ((${#newest_first[@]} > 0)) || return 0
+    while read -r changed id; do
+        if ((kept < keep)); then
+            kept=$((kept + 1))
+        elif ((now_s - changed < BACKUP_IN_FLIGHT_SECONDS)); then
+            echo "keeping backup $id: changed $(((now_s - changed) / 60)) min ago, its run may still roll back" >&2
+        elif rm -rf -- "${BACKUP_ROOT:?}/$id" "${STAGING_ROOT:?}/$id"; then
+            PRUNED_BACKUPS+=("$id")
+            echo "pruned backup $id" >&2
+        else
+            echo "warning: could not delete the old backup $BACKUP_ROOT/$id" >&2
+        fi
+    done < <(printf '%s\n' "${newest_first[@]}" | sort -k1,1nr -k2,2r)
+}
+
 # ---------------------------------------------------------------- systemd units
 
-# unit_exists UNIT: systemd knows the unit ("loaded", not "not-found").
+# unit_load_state UNIT: systemd's LoadState of UNIT ("loaded", "not-found", "masked", ...), parsed from
+# `systemctl show -p LoadState` ("LoadState=loaded": systemd before 230 has no --value). Fails when systemctl
+# gives no such line (no systemd, no D-Bus), so a broken systemctl is never taken for a missing unit.
+unit_load_state() {
+    local out
+    out=$(systemctl show -p LoadState "$1" 2>/dev/null) || return 1
+    [[ ${out%%$'\n'*} =~ ^LoadState=([a-z-]+)$ ]] || return 1
+    printf '%s' "${BASH_REMATCH[1]}"
+}
+
+# unit_exists UNIT: systemd knows the unit ("loaded", not "not-found"). Dies when systemctl cannot tell.
 unit_exists() {
-    [[ $(systemctl show -p LoadState --value "$1" 2>/dev/null) == loaded ]]
+    local state
+    state=$(unit_load_state "$1") ||
+        die "systemctl cannot tell whether $1 exists (systemctl show -p LoadState $1 printed no LoadState)"
+    [[ $state == loaded ]]
 }
 
 # unit_state UNIT: active, inactive, failed, activating, ...

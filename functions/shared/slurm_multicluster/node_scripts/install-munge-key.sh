@@ -3,11 +3,11 @@
 #
 # Usage (head node):     install-munge-key.sh --secret-id ID --region REGION --expect-sha256 HEX --backup-id ID
 #                            [--version-stage AWSCURRENT|AWSPENDING|AWSPREVIOUS] [--shared-dirs]
-#                            [--restart UNIT[,UNIT...]] [--deadline SECONDS]
+#                            [--restart UNIT[,UNIT...]] [--deadline SECONDS] [--keep-backups N]
 # Usage (compute/login): install-munge-key.sh --from-shared-dir --expect-sha256 HEX --backup-id ID
-#                            [--restart UNIT[,UNIT...]] [--deadline SECONDS]
+#                            [--restart UNIT[,UNIT...]] [--deadline SECONDS] [--keep-backups N]
 # Usage (rotation):      install-munge-key.sh --from-staged --expect-sha256 HEX --backup-id ID [--shared-dirs]
-#                            [--restart UNIT[,UNIT...]] [--deadline SECONDS]
+#                            [--restart UNIT[,UNIT...]] [--deadline SECONDS] [--keep-backups N]
 #   --secret-id ID         the federation secret (name or ARN): SecretString = base64 of the key
 #   --region REGION        the secret's region
 #   --version-stage STAGE  which version to install (default AWSCURRENT)
@@ -21,8 +21,11 @@
 #   --shared-dirs          also write <dir>/.munge.key into each existing dir of SHARED_MUNGE_DIRS, where
 #                          compute and login nodes copy their key from (head node only)
 #   --restart UNITS        Slurm daemons to restart after munge: slurmdbd, slurmctld, slurmd; restarted in
-#                          that order, and only those that exist and are not deliberately stopped
+#                          that order, and only those that exist and are not deliberately stopped (inactive)
 #   --deadline SECONDS     how long each daemon gets to become ready after its restart (default 120)
+#   --keep-backups N       after a successful change keep the newest N backup sets of this node (1..99,
+#                          default 3), this one included; older ones are deleted unless changed in the last
+#                          12 h (a run that may still roll back), so old keys do not stay on disk forever
 #
 # The key must be 32..1024 bytes with the expected fingerprint. When MUNGE_KEY_FILE (and with --shared-dirs
 # the shared copies) already hold it: "changed": false, nothing restarted. Otherwise: back up, write
@@ -32,7 +35,7 @@
 # again, fail. Key bytes only ever live in a 0700 temp dir; output carries fingerprints only.
 # Last stdout line, one JSON object: ok, changed, sha256, previousSha256, restarted (units, munge first), sharedFiles
 # (list of shared copies written), source ("secret", "shared-dir" or "staged"), with --from-staged unstaged
-# (the staged copies removed) [, rolledBack, error].
+# (the staged copies removed), prunedBackups (backup ids deleted after the change) [, rolledBack, error].
 # Exit status: 0 done, 1 failed (rolled back), 2 invalid input (nothing changed).
 # Environment: MUNGE_KEY_FILE, SHARED_MUNGE_DIRS, BACKUP_ROOT, MUNGE_SOCKET (see common.sh).
 set -euo pipefail
@@ -50,6 +53,7 @@ shared_dirs=false
 restart_list=""
 restart_given=false
 deadline_seconds=120
+keep_backups=$KEEP_BACKUPS_DEFAULT
 while (($#)); do
     case $1 in
         --secret-id) require_value "$@"; secret_id=$2; shift 2 ;;
@@ -62,6 +66,7 @@ while (($#)); do
         --shared-dirs) shared_dirs=true; shift ;;
         --restart) require_value "$@"; restart_list=$2; restart_given=true; shift 2 ;;
         --deadline) require_value "$@"; deadline_seconds=$2; shift 2 ;;
+        --keep-backups) require_value "$@"; keep_backups=$2; shift 2 ;;
         -h | --help) show_help ;;
         *) die_usage "unknown argument '$(sanitize "$1")'" ;;
     esac
@@ -87,6 +92,7 @@ esac
 check_sha256 --expect-sha256 "$expect_sha"
 check_backup_id "$backup_id"
 check_seconds --deadline "$deadline_seconds" 3600
+check_keep_backups "$keep_backups"
 units_to_restart=()
 if [[ $restart_given == true ]]; then
     [[ $restart_list =~ ^[a-z]+(,[a-z]+)*$ ]] || die_usage "invalid --restart: a comma-separated list of slurmdbd, slurmctld, slurmd"
@@ -189,6 +195,7 @@ if [[ $local_changes == false && ${#shared_targets[@]} -eq 0 ]]; then
     result_list sharedFiles
     result_str source "$source_kind"
     [[ $from_staged != true ]] || result_list unstaged ${unstaged[@]+"${unstaged[@]}"}
+    result_list prunedBackups
     finish
 fi
 if [[ $local_changes == true ]]; then
@@ -256,10 +263,12 @@ fi
 
 ON_FAILURE=""
 unstage
+prune_backups "$keep_backups"
 result_str sha256 "$expect_sha"
 result_str_or_null previousSha256 "$previous_sha"
 result_list restarted ${restarted[@]+"${restarted[@]}"}
 result_list sharedFiles ${shared_targets[@]+"${shared_targets[@]}"}
 result_str source "$source_kind"
 [[ $from_staged != true ]] || result_list unstaged ${unstaged[@]+"${unstaged[@]}"}
+result_list prunedBackups ${PRUNED_BACKUPS[@]+"${PRUNED_BACKUPS[@]}"}
 finish

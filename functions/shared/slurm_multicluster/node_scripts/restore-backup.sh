@@ -40,56 +40,77 @@ check_seconds --deadline "$deadline_seconds" 3600
 check_path_settings
 
 restarted=()
+failed_units=()
 report() {
     result_list restored ${RESTORED_PATHS[@]+"${RESTORED_PATHS[@]}"}
     result_list restarted ${restarted[@]+"${restarted[@]}"}
+    result_list failedUnits ${failed_units[@]+"${failed_units[@]}"}
 }
 
-# restart UNIT: restart and wait until ready, or fail the whole restore.
+# restart UNIT: (re)start it and wait until it is ready (munge: a local round trip; slurmctld: `scontrol ping`
+# UP); records it in restarted, or in failed_units when it does not come back.
 restart() {
-    restarted+=("$1")
+    local deadline=$(($(now) + deadline_seconds)) ok=true
+    CHANGED=true
     if [[ $1 == munge ]]; then
-        restart_munge $(($(now) + deadline_seconds)) || {
-            report
-            die "munge did not come back after restoring the key"
-        }
+        restart_munge "$deadline" || ok=false
     else
-        restart_slurm_unit "$1" $(($(now) + deadline_seconds)) || {
-            report
-            die "$1 did not come back after the restore"
-        }
+        restart_slurm_unit "$1" "$deadline" || ok=false
     fi
+    if [[ $ok == true ]]; then
+        restarted+=("$1")
+    else
+        failed_units+=("$1")
+    fi
+    [[ $ok == true ]]
+}
+
+# fail_restore MESSAGE: fail with the result so far (restored files, restarted and failed units).
+fail_restore() {
+    report
+    die "$1"
+}
+
+# require_systemd: systemctl answers, so "no such unit" below is a fact, never a broken systemctl taken for one.
+require_systemd() {
+    unit_load_state munge >/dev/null ||
+        fail_restore "systemctl does not answer (systemctl show -p LoadState munge printed no LoadState): no daemon can be restarted"
 }
 
 # restart_failed_units: with --restart-failed, bring back daemons that died (state failed), munge first.
 restart_failed_units() {
     local unit
     [[ $restart_failed == true ]] || return 0
+    require_systemd
     for unit in munge slurmdbd slurmctld slurmd; do
-        case " ${restarted[*]-} " in *" $unit "*) continue ;; esac
+        case " ${restarted[*]-} ${failed_units[*]-} " in *" $unit "*) continue ;; esac
         if unit_exists "$unit" && [[ $(unit_state "$unit") == failed ]]; then
-            CHANGED=true
             echo "$unit is in state failed: restarting it" >&2
-            restart "$unit"
+            restart "$unit" || true
         fi
     done
+}
+
+# finish_restore: the result, failing (exit 1) when any daemon that had to come back did not.
+finish_restore() {
+    if ((${#failed_units[@]} > 0)); then
+        fail_restore "did not come back after the restore of backup $backup_id: ${failed_units[*]}"
+    fi
+    report
+    finish
 }
 
 if [[ ! -f $BACKUP_ROOT/$backup_id/manifest ]]; then
     result_bool found false
     restart_failed_units
-    report
-    finish
+    finish_restore
 fi
 result_bool found true
 lock_node
 backup_open "$backup_id"
 
 # shellcheck disable=SC2119 # no arguments: every entry of the manifest
-restore_paths || {
-    report
-    die "could not restore every file of backup $backup_id"
-}
+restore_paths || fail_restore "could not restore every file of backup $backup_id"
 key_changed=false
 config_changed=false
 for path in ${RESTORED_PATHS[@]+"${RESTORED_PATHS[@]}"}; do
@@ -100,50 +121,58 @@ for path in ${RESTORED_PATHS[@]+"${RESTORED_PATHS[@]}"}; do
     [[ $path != */clustername ]] || config_changed=true
     echo "restored $path" >&2
 done
+require_systemd
 
-if [[ $key_changed == true ]] && unit_exists munge; then
-    restart munge
+if [[ $key_changed == true ]]; then
+    # the key is back on disk, but munged keeps the one it read at start until it restarts
+    unit_exists munge || {
+        failed_units+=(munge)
+        fail_restore "restored $MUNGE_KEY_FILE but this node has no munge unit to restart with it"
+    }
+    restart munge || fail_restore "munge did not come back after restoring the key"
 fi
 
 if unit_exists slurmdbd; then
     # set-accounting.sh --start-local-slurmdbd started (and enabled) it: stop (and disable) it again.
     if manifest_has started:slurmdbd && unit_active slurmdbd; then
         CHANGED=true
-        stop_unit slurmdbd || die "systemctl stop slurmdbd failed"
+        stop_unit slurmdbd || fail_restore "systemctl stop slurmdbd failed"
         echo "stopped slurmdbd again" >&2
     fi
     if manifest_has enabled:slurmdbd && systemctl is-enabled --quiet slurmdbd 2>/dev/null; then
         CHANGED=true
-        systemctl disable slurmdbd >&2 || die "systemctl disable slurmdbd failed"
+        systemctl disable slurmdbd >&2 || fail_restore "systemctl disable slurmdbd failed"
         echo "disabled slurmdbd again" >&2
     fi
     if manifest_has disabled:slurmdbd && ! systemctl is-enabled --quiet slurmdbd 2>/dev/null; then
         CHANGED=true
-        systemctl enable slurmdbd >&2 || die "systemctl enable slurmdbd failed"
+        systemctl enable slurmdbd >&2 || fail_restore "systemctl enable slurmdbd failed"
         echo "enabled slurmdbd again" >&2
     fi
     if manifest_has stopped:slurmdbd && ! unit_active slurmdbd; then
-        CHANGED=true
-        restarted+=(slurmdbd)
-        start_unit slurmdbd || die "systemctl start slurmdbd failed"
-        wait_unit_active slurmdbd $(($(now) + deadline_seconds)) || {
-            report
-            die "slurmdbd is not active after its start"
-        }
-        echo "started slurmdbd again" >&2
+        restart slurmdbd && echo "started slurmdbd again" >&2
     elif [[ $key_changed == true ]] && unit_active slurmdbd; then
-        restart slurmdbd
+        restart slurmdbd || true
+    fi
+elif manifest_has stopped:slurmdbd; then
+    failed_units+=(slurmdbd)
+    fail_restore "set-accounting.sh stopped slurmdbd under backup $backup_id, but this node has no slurmdbd unit any more"
+fi
+
+if [[ $key_changed == true || $config_changed == true ]] || manifest_has stopped:slurmctld; then
+    slurm_units=0
+    for unit in slurmctld slurmd; do
+        unit_exists "$unit" || continue
+        slurm_units=$((slurm_units + 1))
+        # inactive: stopped on purpose, left so, unless set-accounting.sh stopped it under this backup
+        if [[ $(unit_state "$unit") != inactive ]] || manifest_has "stopped:$unit"; then
+            restart "$unit" || true
+        fi
+    done
+    if [[ $config_changed == true ]] && ((slurm_units == 0)); then
+        fail_restore "restored Slurm's configuration but this node has no slurmctld or slurmd unit to restart"
     fi
 fi
 
-if [[ $key_changed == true || $config_changed == true ]]; then
-    for unit in slurmctld slurmd; do
-        if unit_exists "$unit" && [[ $(unit_state "$unit") != inactive ]]; then
-            restart "$unit"
-        fi
-    done
-fi
-
 restart_failed_units
-report
-finish
+finish_restore

@@ -2,7 +2,7 @@
 # set-accounting.sh: point this head node's slurmctld at a (shared) slurmdbd.
 #
 # Usage: set-accounting.sh --host HOST --port PORT --backup-id ID [--stop-local-slurmdbd | --start-local-slurmdbd]
-#                          [--deadline SECONDS]
+#                          [--deadline SECONDS] [--keep-backups N]
 #   --host HOST              the slurmdbd host: a host name or an IPv4 address
 #   --port PORT              its DbdPort, 1..65535
 #   --backup-id ID           backup name (the workflow's execution name), see restore-backup.sh
@@ -11,6 +11,8 @@
 #   --start-local-slurmdbd   first enable and start this node's own slurmdbd (HOST must be this node): a cluster
 #                            leaving its federation goes back to its own accounting (undone if the change fails)
 #   --deadline SECONDS       how long slurmctld gets to answer `scontrol ping` after its restart (default 120)
+#   --keep-backups N         after a successful change keep the newest N backup sets of this node (1..99,
+#                            default 3), this one included (see install-munge-key.sh)
 #
 # Sets AccountingStorageType=accounting_storage/slurmdbd, AccountingStorageHost=HOST and
 # AccountingStoragePort=PORT in the file that already sets AccountingStorageType (normally
@@ -27,7 +29,7 @@
 # with the old accounting settings, so the cluster returns to its old slurmdbd under its old id.
 # Nothing to change (file and live values already right) -> "changed": false and no restart.
 # Last stdout line, one JSON object: ok, changed, file, restarted (list), stoppedSlurmdbd, startedSlurmdbd,
-# clusterIdReset [, rolledBack, error].
+# clusterIdReset, prunedBackups (backup ids deleted after the change) [, rolledBack, error].
 # Exit status: 0 done, 1 failed (rolled back), 2 invalid input (nothing changed).
 # Environment: SLURM_ETC (/opt/slurm/etc), BACKUP_ROOT (/var/lib/slurm-multicluster/backups).
 set -euo pipefail
@@ -40,12 +42,14 @@ backup_id=""
 stop_local_slurmdbd=false
 start_local_slurmdbd=false
 deadline_seconds=120
+keep_backups=$KEEP_BACKUPS_DEFAULT
 while (($#)); do
     case $1 in
         --host) require_value "$@"; host=$2; shift 2 ;;
         --port) require_value "$@"; port=$2; shift 2 ;;
         --backup-id) require_value "$@"; backup_id=$2; shift 2 ;;
         --deadline) require_value "$@"; deadline_seconds=$2; shift 2 ;;
+        --keep-backups) require_value "$@"; keep_backups=$2; shift 2 ;;
         --stop-local-slurmdbd) stop_local_slurmdbd=true; shift ;;
         --start-local-slurmdbd) start_local_slurmdbd=true; shift ;;
         -h | --help) show_help ;;
@@ -59,6 +63,7 @@ check_host "$host"
 check_port "$port"
 check_backup_id "$backup_id"
 check_seconds --deadline "$deadline_seconds" 3600
+check_keep_backups "$keep_backups"
 check_path_settings
 if [[ $stop_local_slurmdbd == true && $start_local_slurmdbd == true ]]; then
     die_usage "--stop-local-slurmdbd and --start-local-slurmdbd exclude each other"
@@ -196,7 +201,11 @@ if [[ -f $accounting_file ]] && cmp -s "$new_file" "$accounting_file"; then
     file_changes=false
 fi
 restart_needed=$file_changes
-if [[ $file_changes == false ]] && unit_active slurmctld && ! live_accounting_matches; then
+# the file alone is not the work: slurmctld must run with these values (a failed earlier run may have left it down)
+if [[ $file_changes == false ]] && ! unit_active slurmctld; then
+    echo "$accounting_file is already right but slurmctld is $(unit_state slurmctld): starting it" >&2
+    restart_needed=true
+elif [[ $file_changes == false ]] && ! live_accounting_matches; then
     echo "$accounting_file is already right but slurmctld runs with other accounting values" >&2
     restart_needed=true
 fi
@@ -241,6 +250,7 @@ if [[ $file_changes == false && $restart_needed == false && $stop_slurmdbd_now =
     result_bool stoppedSlurmdbd false
     result_bool startedSlurmdbd false
     result_bool clusterIdReset false
+    result_list prunedBackups
     finish
 fi
 
@@ -281,6 +291,8 @@ if [[ $restart_needed == true ]]; then
     restarted+=(slurmctld)
     slurmctld_restarted=true
     if [[ $reset_cluster_id_now == true ]]; then
+        # recorded first: if this run is killed while slurmctld is down, restore-backup.sh starts it again
+        manifest_add stopped:slurmctld
         stop_unit slurmctld || die "systemctl stop slurmctld failed"
         backup_file "$id_file"
         rm -f -- "$id_file"
@@ -309,9 +321,12 @@ if [[ $stop_slurmdbd_now == true ]]; then
     echo "stopped and disabled the local slurmdbd" >&2
 fi
 
+ON_FAILURE=""
+prune_backups "$keep_backups"
 result_str file "$accounting_file"
 result_list restarted ${restarted[@]+"${restarted[@]}"}
 result_bool stoppedSlurmdbd "$stopped_slurmdbd"
 result_bool startedSlurmdbd "$started_slurmdbd"
 result_bool clusterIdReset "$cluster_id_reset"
+result_list prunedBackups ${PRUNED_BACKUPS[@]+"${PRUNED_BACKUPS[@]}"}
 finish
