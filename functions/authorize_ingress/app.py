@@ -1,4 +1,5 @@
-"""AuthorizeIngress: add the planned least-privilege rules between head nodes, tagged as ours."""
+"""AuthorizeIngress: the federation's network as planned: its security group on the head node, prefix-list
+entries for the other VPCs, the missing least-privilege rules, all tagged as ours."""
 
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
@@ -11,5 +12,4 @@ from slurm_multicluster.state import PairingState
 
 @pairing_step(PairingState)
 def lambda_handler(state: PairingState, context: LambdaContext) -> dict:
-    added = pairing.authorize_ingress(client, state.planned(), state.request.execution_name, settings())
-    return {"added": [rule.state() for rule in added]}
+    return pairing.authorize_ingress(client, state.planned(), state.request.execution_name, settings())

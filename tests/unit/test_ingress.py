@@ -1,4 +1,4 @@
-"""Least-privilege rules between head nodes: what is planned, and what authorizing leaves in EC2 (moto)."""
+"""The federation's network (ingress.py): what is planned, and what applying and undoing it leaves in EC2 (moto)."""
 
 from __future__ import annotations
 
@@ -7,55 +7,50 @@ import pytest
 from moto import mock_aws
 
 from slurm_multicluster import ingress
+from slurm_multicluster.errors import PrerequisiteFailed
 from slurm_multicluster.models import HeadNode, Member, SlurmSettings
 
 
-def _member(name, region, group, ip, accounting=False, ports="6820-6829", dbd=6819):
+def _member(name, vpc, group, accounting=False, ports="6820-6829", dbd=6819, eni=None, subnet="10.0.0.0/24",
+            node_groups=()):
     return Member(
-        cluster_name=name, stack_id=f"arn:{name}", region=region, federation="hpc", is_accounting=accounting,
-        head_node=HeadNode(instance_id="i-0123456789abcdef0", private_ip=ip, security_group_ids=[group], vpc_id="vpc-1"),
+        cluster_name=name, stack_id=f"arn:{name}", region="us-east-1", federation="hpc", is_accounting=accounting,
+        head_node=HeadNode(instance_id="i-0123456789abcdef0", private_ip="10.0.0.1", security_group_ids=[group],
+                           vpc_id=vpc, network_interface_id=eni, subnet_cidr=subnet),
+        node_security_group_sets=[list(g) for g in node_groups],
         slurm=SlurmSettings(cluster_name=name, slurmctld_port=ports, slurm_version="23.11.10",
                             dbd_port=dbd if accounting else None, munge_key_sha256="a" * 64),
     )
 
 
 def _flows(rules):
-    return {(r.source_cluster, r.target_cluster, r.purpose, r.from_port, r.to_port) for r in rules}
+    return {(r.target_cluster, r.source_kind, r.purpose, r.from_port, r.to_port) for r in rules}
 
 
-def test_new_member_gets_slurmdbd_and_slurmctld_flows_only():
-    alpha = _member("alpha", "us-east-1", "sg-0aaaaaaaaaaaaaaaa", "10.0.0.11", accounting=True)
-    beta = _member("beta", "us-east-1", "sg-0bbbbbbbbbbbbbbbb", "10.0.0.21")
-    rules = ingress.plan_rules(beta, [alpha, beta])
-    assert _flows(rules) == {
-        ("beta", "alpha", "slurmctld", 6820, 6829),
-        ("alpha", "beta", "slurmctld", 6820, 6829),
-        ("beta", "alpha", "slurmdbd", 6819, 6819),
+def test_each_head_node_group_gets_its_own_ports_from_the_federation_group_and_the_other_vpcs_list():
+    alpha = _member("alpha", "vpc-1", "sg-0aaaaaaaaaaaaaaaa", accounting=True)
+    beta = _member("beta", "vpc-1", "sg-0bbbbbbbbbbbbbbbb", ports="6817")
+    gamma = _member("gamma", "vpc-2", "sg-0cccccccccccccccc", subnet="10.1.0.0/24")
+    vpcs = [ingress.FederationVpc(region="us-east-1", vpc_id="vpc-1", add_entries=["10.1.0.0/24"]),
+            ingress.FederationVpc(region="us-east-1", vpc_id="vpc-2", add_entries=["10.0.0.0/24"])]
+    assert _flows(ingress.plan_rules([alpha, beta, gamma], vpcs)) == {
+        # DbdPort 6819 and SlurmctldPort 6820-6829 are adjacent: one rule per source on the accounting head
+        ("alpha", "federation-group", "slurmdbd+slurmctld", 6819, 6829),
+        ("alpha", "prefix-list", "slurmdbd+slurmctld", 6819, 6829),
+        ("beta", "federation-group", "slurmctld", 6817, 6817),  # the member's own port, read from its config
+        ("beta", "prefix-list", "slurmctld", 6817, 6817),
+        ("gamma", "federation-group", "slurmctld", 6820, 6829),
+        ("gamma", "prefix-list", "slurmctld", 6820, 6829),
     }
-    assert all(r.source_group_id and not r.source_cidr for r in rules)  # same region: group references
 
 
-def test_members_of_another_region_are_opened_to_the_peer_ip_only():
-    alpha = _member("alpha", "us-east-1", "sg-0aaaaaaaaaaaaaaaa", "10.0.0.11", accounting=True)
-    gamma = _member("gamma", "eu-west-1", "sg-0cccccccccccccccc", "10.1.0.31")
-    rules = ingress.plan_rules(gamma, [alpha, gamma])
-    on_alpha = [r for r in rules if r.target_cluster == "alpha"]
-    on_gamma = [r for r in rules if r.target_cluster == "gamma"]
-    assert {r.source_cidr for r in on_alpha} == {"10.1.0.31/32"}
-    assert {r.source_cidr for r in on_gamma} == {"10.0.0.11/32"}
-    assert {r.region for r in on_gamma} == {"eu-west-1"}
-    assert not any(r.source_group_id for r in rules)
-
-
-def test_a_third_member_is_connected_to_every_peer():
-    alpha = _member("alpha", "us-east-1", "sg-0aaaaaaaaaaaaaaaa", "10.0.0.11", accounting=True)
-    beta = _member("beta", "us-east-1", "sg-0bbbbbbbbbbbbbbbb", "10.0.0.21", ports="6817")
-    gamma = _member("gamma", "us-east-1", "sg-0cccccccccccccccc", "10.0.0.31")
-    flows = _flows(ingress.plan_rules(gamma, [alpha, beta, gamma]))
-    assert ("gamma", "beta", "slurmctld", 6817, 6817) in flows  # the peer's own port, read from its config
-    assert ("beta", "gamma", "slurmctld", 6820, 6829) in flows
-    assert ("gamma", "alpha", "slurmdbd", 6819, 6819) in flows
-    assert not any(purpose == "slurmdbd" and target != "alpha" for _, target, purpose, _, _ in flows)
+def test_nodes_without_the_federation_group_fall_back_to_their_own_group_on_the_peers_heads_only():
+    alpha = _member("alpha", "vpc-1", "sg-0aaaaaaaaaaaaaaaa", accounting=True, node_groups=[["sg-0aaaaaaaaaaaaaaaa"]])
+    beta = _member("beta", "vpc-1", "sg-0bbbbbbbbbbbbbbbb", node_groups=[["sg-0dddddddddddddddd", "sg-0fed000000000000a"]])
+    vpcs = [ingress.FederationVpc(region="us-east-1", vpc_id="vpc-1", group_id="sg-0fed000000000000a")]
+    fallbacks = {(r.target_cluster, r.source_group_id) for r in ingress.plan_rules([alpha, beta], vpcs)
+                 if r.source_kind == "group"}
+    assert fallbacks == {("beta", "sg-0aaaaaaaaaaaaaaaa")}  # beta's nodes carry ours already; alpha's own nodes skip alpha
 
 
 @pytest.fixture
@@ -68,10 +63,13 @@ def ec2(monkeypatch):
 
 def _pair(ec2):
     vpc = ec2.create_vpc(CidrBlock="10.0.0.0/16")["Vpc"]["VpcId"]
-    groups = [ec2.create_security_group(GroupName=n, Description=n, VpcId=vpc)["GroupId"] for n in ("alpha", "beta")]
-    alpha = _member("alpha", "us-east-1", groups[0], "10.0.0.11", accounting=True)
-    beta = _member("beta", "us-east-1", groups[1], "10.0.0.21")
-    return alpha, beta
+    subnet = ec2.create_subnet(VpcId=vpc, CidrBlock="10.0.0.0/24")["Subnet"]["SubnetId"]
+    members = []
+    for name in ("alpha", "beta"):
+        group = ec2.create_security_group(GroupName=name, Description=name, VpcId=vpc)["GroupId"]
+        eni = ec2.create_network_interface(SubnetId=subnet, Groups=[group])["NetworkInterface"]["NetworkInterfaceId"]
+        members.append(_member(name, vpc, group, accounting=name == "alpha", eni=eni))
+    return members
 
 
 def _ours(ec2):
@@ -79,41 +77,45 @@ def _ours(ec2):
         Filters=[{"Name": "tag:slurm-multicluster:federation", "Values": ["hpc"]}])["SecurityGroupRules"]
 
 
-def test_authorizing_twice_adds_nothing_the_second_time(ec2):
-    alpha, beta = _pair(ec2)
-    rules = ingress.plan_rules(beta, [alpha, beta])
-    first = ingress.authorize(lambda region: ec2, rules, "hpc", "exec-1", "default")
-    second = ingress.authorize(lambda region: ec2, rules, "hpc", "exec-2", "default")
-    assert len(first) == 3 and second == []
-    assert len(_ours(ec2)) == 3
+def _quotas(region):
+    return boto3.client("service-quotas", region_name=region)
+
+
+def test_connecting_twice_changes_nothing_the_second_time(ec2):
+    members = _pair(ec2)
+    first = ingress.connect(lambda r: ec2, _quotas, members, "exec-1", "default")
+    second = ingress.connect(lambda r: ec2, _quotas, members, "exec-2", "default")
+    assert len(first["added"]) == 2 and len(first["attached"]) == 2 and len(first["createdGroups"]) == 1
+    assert (second["added"], second["attached"], second["createdGroups"]) == ([], [], [])
     assert {t["Value"] for r in _ours(ec2) for t in r["Tags"] if t["Key"] == "slurm-multicluster:execution"} == {"exec-1"}
 
 
 def test_an_existing_admin_rule_is_respected_not_duplicated(ec2):
     alpha, beta = _pair(ec2)
-    ec2.authorize_security_group_ingress(GroupId=alpha.head_node.security_group_ids[0], IpPermissions=[
-        {"IpProtocol": "-1", "UserIdGroupPairs": [{"GroupId": beta.head_node.security_group_ids[0]}]}])
-    added = ingress.authorize(lambda region: ec2, ingress.plan_rules(beta, [alpha, beta]), "hpc", "exec-1", "default")
-    assert {a.group_id for a in added} == {beta.head_node.security_group_ids[0]}  # alpha already allows beta
+    ingress.connect(lambda r: ec2, _quotas, [alpha], "exec-alpha", "default")
+    group = ingress.federation_group(ec2, alpha.head_node.vpc_id, "hpc", "default")
+    ec2.authorize_security_group_ingress(GroupId=beta.head_node.security_group_ids[0], IpPermissions=[
+        {"IpProtocol": "-1", "UserIdGroupPairs": [{"GroupId": group}]}])
+    added = ingress.connect(lambda r: ec2, _quotas, [alpha, beta], "exec-beta", "default")["added"]
+    assert added == []  # beta's group already allows every federation host
 
 
-def test_rollback_revokes_exactly_the_rules_of_its_execution(ec2):
+def test_undoing_a_pairing_removes_exactly_what_its_execution_added(ec2):
     alpha, beta = _pair(ec2)
-    gamma_group = ec2.create_security_group(GroupName="gamma", Description="gamma", VpcId=ec2.describe_vpcs()["Vpcs"][-1]["VpcId"])["GroupId"]
-    gamma = _member("gamma", "us-east-1", gamma_group, "10.0.0.31")
-    ingress.authorize(lambda region: ec2, ingress.plan_rules(beta, [alpha, beta]), "hpc", "exec-beta", "default")
-    ingress.authorize(lambda region: ec2, ingress.plan_rules(gamma, [alpha, beta, gamma]), "hpc", "exec-gamma", "default")
-    before = len(_ours(ec2))
-    revoked = ingress.revoke(lambda region: ec2, ingress.rules_added_by(lambda region: ec2, ["us-east-1"], "exec-gamma"))
-    assert len(revoked) == 5  # gamma<->alpha ctld, gamma->alpha dbd, gamma<->beta ctld
-    assert len(_ours(ec2)) == before - 5
-    assert ingress.rules_added_by(lambda region: ec2, ["us-east-1"], "exec-beta")  # beta's pairing untouched
+    ingress.connect(lambda r: ec2, _quotas, [alpha], "exec-alpha", "default")
+    network, missing = ingress.plan_network(lambda r: ec2, _quotas, [alpha, beta], "default")
+    ingress.apply_network(lambda r: ec2, network, missing, "exec-beta", "default")
+    undone = ingress.undo_network(lambda r: ec2, network, "exec-beta", "default")
+    assert len(undone["revoked"]) == 1 and undone["detached"] == [beta.head_node.network_interface_id]
+    assert ingress.rules_added_by(lambda r: ec2, ["us-east-1"], "exec-alpha")  # alpha's pairing untouched
+    group = ingress.federation_group(ec2, alpha.head_node.vpc_id, "hpc", "default")
+    assert group and [g["GroupId"] for g in ec2.describe_network_interfaces(
+        NetworkInterfaceIds=[beta.head_node.network_interface_id])["NetworkInterfaces"][0]["Groups"]] == [
+        beta.head_node.security_group_ids[0]]
 
 
-def test_a_failure_half_way_revokes_what_the_call_added(ec2):
-    alpha, beta = _pair(ec2)
-    rules = ingress.plan_rules(beta, [alpha, beta])
-    broken = rules[-1].model_copy(update={"group_id": "sg-0ffffffffffffffff"})  # a group that does not exist
-    with pytest.raises(Exception):
-        ingress.authorize(lambda region: ec2, [*rules[:-1], broken], "hpc", "exec-1", "default")
-    assert _ours(ec2) == []
+def test_a_same_named_group_this_deployment_did_not_create_is_refused(ec2):
+    alpha, _ = _pair(ec2)
+    ec2.create_security_group(GroupName=ingress.resource_name("default", "hpc"), Description="x", VpcId=alpha.head_node.vpc_id)
+    with pytest.raises(PrerequisiteFailed, match="was not created by slurm-multicluster deployment default"):
+        ingress.plan_network(lambda r: ec2, _quotas, [alpha], "default")

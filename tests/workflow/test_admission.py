@@ -218,8 +218,7 @@ def test_two_deployments_in_one_account_never_touch_each_others_clusters(moto_aw
     members = [m.model_copy(update={"slurm": SlurmSettings(
         cluster_name=m.cluster_name, slurmctld_port="6820-6829", dbd_port=6819 if m.is_accounting else None,
         slurm_version="24.11.5", munge_key_sha256="0" * 64)}) for m in members]
-    new = next(m for m in members if m.cluster_name == "beta")
-    ingress.authorize(lambda r: client("ec2", r), ingress.plan_rules(new, members), "hpc", "pair-beta", "default")
+    ingress.connect(lambda r: client("ec2", r), lambda r: client("service-quotas", r), members, "pair-beta", "default")
     rules_before = sorted(r["SecurityGroupRuleId"] for r in _our_rules())
     assert rules_before
 

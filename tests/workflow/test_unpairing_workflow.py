@@ -1,6 +1,6 @@
 """Unpairing in moto (real ASL + handlers): stack deletion, federation tag removed or added, the accounting cluster.
 
-The federation is set up with the product's own code (ingress.plan_rules/authorize, munge_secret.set_access), as a
+The federation is set up with the product's own code (ingress.connect, munge_secret.set_access), as a
 pairing leaves it; SSM reaches no node here, so these runs prove the AWS side: no rule of ours is left that would
 block CloudFormation's deletion of the departing cluster's security group.
 """
@@ -45,8 +45,9 @@ def federation(moto_aws):
             cluster_name=name, slurmctld_port="6820-6829", dbd_port=6819 if member.is_accounting else None,
             slurm_version="22.05.8", munge_key_sha256="0" * 64)}))
     ec2_for = lambda region: client("ec2", region)  # noqa: E731
-    for member in members:
-        ingress.authorize(ec2_for, ingress.plan_rules(member, members), "hpc", f"pair-{member.cluster_name}", "default")
+    for i, member in enumerate(members):  # paired one after the other
+        ingress.connect(ec2_for, lambda r: client("service-quotas", r), members[:i + 1], f"pair-{member.cluster_name}",
+                        "default")
     secrets = client("secretsmanager", REGION)
     ours = config.model_copy(update={"munge_key_kms_key_arn": deployment_key_arn(moto_aws.deployment)})
     arn, _ = munge_secret.ensure_secret(secrets, SECRET, "hpc", ours)

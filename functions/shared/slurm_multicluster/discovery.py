@@ -103,13 +103,25 @@ def head_node(ec2: Any, iam: Any, cloudformation: Any, cluster_name: str, stack_
     if head_group in group_ids:  # ParallelCluster's own group first: our rules go on it
         group_ids.remove(head_group)
         group_ids.insert(0, head_group)
+    primary = [eni for eni in instance.get("NetworkInterfaces", []) if eni.get("Attachment", {}).get("DeviceIndex") == 0]
     return HeadNode(
         instance_id=v.require(v.INSTANCE_ID, instance["InstanceId"], "instance id"),
         private_ip=v.ipv4(instance["PrivateIpAddress"]),
         security_group_ids=[v.require(v.SECURITY_GROUP_ID, g, "security group id") for g in group_ids],
         vpc_id=instance["VpcId"],
         role_arn=_instance_role_arn(iam, instance),
+        network_interface_id=primary[0]["NetworkInterfaceId"] if primary else None,
+        subnet_cidr=subnet_cidrs(ec2, [instance["SubnetId"]])[0] if instance.get("SubnetId") else None,
     )
+
+
+def subnet_cidrs(ec2: Any, subnet_ids: list[str]) -> list[str]:
+    """The IPv4 CIDRs of ``subnet_ids``, in their order (validated: they become security group sources)."""
+    if not subnet_ids:
+        return []
+    unique = sorted(set(subnet_ids))
+    cidr_of = {s["SubnetId"]: v.ipv4_cidr(s["CidrBlock"]) for s in ec2.describe_subnets(SubnetIds=unique)["Subnets"]}
+    return [cidr_of[s] for s in subnet_ids]
 
 
 def _stack_resource_id(cloudformation: Any, stack: str, logical_id: str) -> str | None:
@@ -134,11 +146,39 @@ def node_instance_ids(ec2: Any, cluster_name: str, node_type: str) -> list[str]:
     return sorted(i["InstanceId"] for i in instances(ec2, cluster_filters(cluster_name, node_type)))
 
 
+def stack_security_groups(cloudformation: Any, stack: str) -> list[str]:
+    """Every security group the stack created (ParallelCluster: head node, compute, login node groups)."""
+    paginator = cloudformation.get_paginator("list_stack_resources")
+    return [
+        resource["PhysicalResourceId"]
+        for page in paginator.paginate(StackName=stack)
+        for resource in page["StackResourceSummaries"]
+        if resource["ResourceType"] == "AWS::EC2::SecurityGroup"
+        and v.SECURITY_GROUP_ID.fullmatch(resource.get("PhysicalResourceId") or "")
+    ]
+
+
+def node_sources(ec2: Any, cloudformation: Any, cluster_name: str, stack_id: str) -> tuple[list[str], list[list[str]]]:
+    """(subnet CIDRs, distinct security group sets) of a cluster's running login and compute nodes: where its
+    users' submissions to a peer come from. In each set the groups its stack created come first (a group shared
+    with hosts outside the cluster is the last choice as a rule's source)."""
+    nodes = [i for node_type in ("LoginNode", "Compute") for i in instances(ec2, cluster_filters(cluster_name, node_type))]
+    cidrs = sorted(set(subnet_cidrs(ec2, [i["SubnetId"] for i in nodes if i.get("SubnetId")])))
+    owned = set(stack_security_groups(cloudformation, stack_id)) if nodes else set()
+    # The groups of its network interfaces: what its traffic carries (a queue's AdditionalSecurityGroups included).
+    group_sets = {tuple(sorted({v.require(v.SECURITY_GROUP_ID, g["GroupId"], "security group id")
+                                for eni in i.get("NetworkInterfaces", []) for g in eni.get("Groups", [])},
+                               key=lambda g: (g not in owned, g)))
+                  for i in nodes}
+    return cidrs, [list(groups) for groups in sorted(group_sets) if groups]
+
+
 def member(clients: ClientFactory, stack: dict[str, Any], region: str, federation: Federation, config: Settings) -> Member:
     """Describe one admitted member cluster from its stack; the registry says whether it is the accounting one."""
     name = v.require(v.CLUSTER_NAME, stack["StackName"], "cluster name")
     stack_id = v.require(v.STACK_ARN, stack["StackId"], "stack ARN")
     ec2 = clients("ec2", region)
+    node_cidrs, node_groups = node_sources(ec2, clients("cloudformation", region), name, stack_id)
     return Member(
         cluster_name=name,
         stack_id=stack_id,
@@ -148,6 +188,8 @@ def member(clients: ClientFactory, stack: dict[str, Any], region: str, federatio
         head_node=head_node(ec2, clients("iam", region), clients("cloudformation", region), name, stack_id),
         compute_instance_ids=node_instance_ids(ec2, name, "Compute"),
         login_instance_ids=node_instance_ids(ec2, name, "LoginNode"),
+        node_subnet_cidrs=node_cidrs,
+        node_security_group_sets=node_groups,
     )
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from slurm_multicluster.errors import PrerequisiteFailed
 
-MAX_FEDERATION_MEMBERS = 40  # also Step Functions' concurrency cap of an inline Map (MaxConcurrency 0 runs 40 at once)
+MAX_FEDERATION_MEMBERS = 50  # Maps over members run at most 40 at once (inline Map): two waves at 50 (Time budgets)
 MAX_SWEEP_CLUSTERS = 40  # tagged clusters one sweep checks, one at a time
 
 

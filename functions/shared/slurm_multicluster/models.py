@@ -59,6 +59,8 @@ class HeadNode(StateModel):
     security_group_ids: list[str]
     vpc_id: str
     role_arn: str | None = None
+    network_interface_id: str | None = None  # its primary ENI: where the federation security group is attached
+    subnet_cidr: str | None = None  # a peer in another VPC reaches the federation through this CIDR
 
 
 class SlurmSettings(StateModel):
@@ -110,34 +112,39 @@ class Member(StateModel):
     head_node: HeadNode
     compute_instance_ids: list[str] = Field(default_factory=list)
     login_instance_ids: list[str] = Field(default_factory=list)
+    # Sources of submissions besides the head node: the subnets and security groups of its running login and
+    # compute nodes (a job that submits a job to a peer), as EC2 sees them.
+    node_subnet_cidrs: list[str] = Field(default_factory=list)
+    node_security_group_sets: list[list[str]] = Field(default_factory=list)
     slurm: SlurmSettings | None = None
 
 
 class IngressRule(StateModel):
-    """One least-privilege inbound rule between two members' head nodes."""
+    """One least-privilege inbound rule on a member's head node security group (ingress.py: its sources)."""
 
     region: str
     group_id: str
+    vpc_id: str = ""
     from_port: int
     to_port: int
-    source_group_id: str | None = None
+    # federation-group: the federation's group in the target's VPC (its hosts); prefix-list: the federation's
+    # prefix list of the other VPCs' member subnets; group: one member's node group that cannot carry ours yet.
+    source_kind: Literal["federation-group", "prefix-list", "group"] = "group"
+    source_group_id: str | None = None  # set for "group" (and for the others once they exist)
     source_cidr: str | None = None
+    source_prefix_list_id: str | None = None  # set for "prefix-list" once the list exists
     source_cluster: str
     target_cluster: str
-    source_stack: str
+    source_stack: str = ""  # "" for the federation-wide sources
     target_stack: str
-    purpose: Literal["slurmdbd", "slurmctld"]
+    purpose: Literal["slurmdbd", "slurmctld", "slurmdbd+slurmctld"]
     description: str
 
     def same_permission(self, other: IngressRule) -> bool:
         """True when both open the same ports on the same group to the same source."""
-        return (self.group_id, self.from_port, self.to_port, self.source_group_id, self.source_cidr) == (
-            other.group_id,
-            other.from_port,
-            other.to_port,
-            other.source_group_id,
-            other.source_cidr,
-        )
+        return (self.group_id, self.from_port, self.to_port, self.source_kind, self.source_group_id,
+                self.source_prefix_list_id) == (other.group_id, other.from_port, other.to_port, other.source_kind,
+                                                other.source_group_id, other.source_prefix_list_id)
 
 
 class AddedRule(StateModel):

@@ -9,7 +9,7 @@ from aws_lambda_powertools import Logger
 from slurm_multicluster import discovery, ingress, munge_secret, node_commands, registry, slurm_versions
 from slurm_multicluster import validation as v
 from slurm_multicluster.errors import PrerequisiteFailed, VerificationFailed
-from slurm_multicluster.models import AddedRule, IngressRule, Member, PairingRequest, SlurmSettings, StateModel
+from slurm_multicluster.models import IngressRule, Member, PairingRequest, SlurmSettings, StateModel
 from slurm_multicluster.settings import Settings
 
 logger = Logger(child=True)
@@ -60,7 +60,8 @@ class Plan(StateModel):
     accounting_cluster: str
     accounting_stack_id: str
     peers: list[str]
-    ingress_rules: list[IngressRule]
+    ingress_rules: list[IngressRule]  # the missing rules only
+    network: ingress.NetworkPlan | None = None  # federation groups, attachments, prefix-list entries, rule budget
     munge_key: KeyPlan
     accounting: AccountingPlan | None
     restarts: list[str]
@@ -179,7 +180,9 @@ def plan(clients: ClientFactory, request: PairingRequest, members: list[Member],
     """Compute the exact changes; reads current rules and the secret's state but changes nothing."""
     new, accounting, peers = _split(request, members)
     assert new.slurm and accounting.slurm
-    rules = ingress.missing_rules(lambda region: clients("ec2", region), ingress.plan_rules(new, members))
+    # The rule budget is checked here, before anything changes (PrerequisiteFailed names group, count and quota).
+    network, rules = ingress.plan_network(lambda region: clients("ec2", region),
+                                          lambda region: clients("service-quotas", region), members, config.deployment_id)
     secret_name = config.munge_key_secret_name(new.federation)
     # A same-named secret someone else made would be handed the key: refuse before anything changes.
     munge_secret.check_ours(clients("secretsmanager", accounting.region), secret_name, config)
@@ -229,6 +232,7 @@ def plan(clients: ClientFactory, request: PairingRequest, members: list[Member],
         accounting_stack_id=accounting.stack_id,
         peers=[p.cluster_name for p in peers],
         ingress_rules=rules,
+        network=network,
         munge_key=KeyPlan(
             secret_name=secret_name,
             expected_sha256=expected,
@@ -239,7 +243,7 @@ def plan(clients: ClientFactory, request: PairingRequest, members: list[Member],
         ),
         accounting=accounting_plan,
         restarts=restarts,
-        already_paired=not rules and not install and not stale_nodes and not (accounting_plan and (accounting_plan.change or accounting_plan.stop_local_slurmdbd)),
+        already_paired=not rules and not network.changes() and not install and not stale_nodes and not (accounting_plan and (accounting_plan.change or accounting_plan.stop_local_slurmdbd)),
     )
 
 
@@ -259,10 +263,12 @@ def nodes_not_on(clients: ClientFactory, member: Member, sha256: str, config: Se
     return stale
 
 
-def authorize_ingress(clients: ClientFactory, the_plan: Plan, execution: str, config: Settings) -> list[AddedRule]:
-    """Add the planned rules (again checking they are missing, so a re-run adds nothing)."""
-    return ingress.authorize(lambda region: clients("ec2", region), the_plan.ingress_rules, the_plan.federation,
-                             execution, config.deployment_id)
+def authorize_ingress(clients: ClientFactory, the_plan: Plan, execution: str, config: Settings) -> dict[str, Any]:
+    """Apply the planned network: federation groups and prefix lists, attachments, the missing rules (each again
+    checked, so a re-run changes nothing)."""
+    assert the_plan.network is not None
+    return ingress.apply_network(lambda region: clients("ec2", region), the_plan.network, the_plan.ingress_rules,
+                                 execution, config.deployment_id)
 
 
 def _member(members: list[Member], stack_id: str) -> Member:
@@ -457,8 +463,13 @@ def restore_secret_access(clients: ClientFactory, request: PairingRequest, membe
     return {"changed": True, "secret": described["ARN"], "readers": readers}
 
 
-def revoke_added_ingress(clients: ClientFactory, request: PairingRequest, members: list[Member]) -> list[AddedRule]:
-    """Compensation: revoke every rule this execution created (found by its execution tag)."""
+def revoke_added_ingress(clients: ClientFactory, request: PairingRequest, members: list[Member], the_plan: Plan | None,
+                         config: Settings) -> dict[str, Any]:
+    """Compensation: revoke every rule this execution created (found by its execution tag), and undo the rest of
+    its planned network (attachments, prefix-list entries, the groups and lists it created)."""
     regions = sorted({m.region for m in members})
     ec2_for = lambda region: clients("ec2", region)  # noqa: E731
-    return ingress.revoke(ec2_for, ingress.rules_added_by(ec2_for, regions, request.execution_name))
+    if the_plan is None or the_plan.network is None:
+        revoked = ingress.revoke(ec2_for, ingress.rules_added_by(ec2_for, regions, request.execution_name))
+        return {"revoked": [rule.state() for rule in revoked]}
+    return ingress.undo_network(ec2_for, the_plan.network, request.execution_name, config.deployment_id)

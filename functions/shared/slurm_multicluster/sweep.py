@@ -239,7 +239,7 @@ def check_pairing_run(sfn: Any, run: PairingRun) -> dict[str, Any]:
 
 def _rule_key(rule: dict[str, Any]) -> tuple[Any, ...]:
     return (rule.get("region"), rule.get("groupId"), rule.get("fromPort"), rule.get("toPort"),
-            rule.get("sourceGroupId"), rule.get("sourceCidr"))
+            rule.get("sourceKind"), rule.get("sourceGroupId"), rule.get("sourcePrefixListId"), rule.get("sourceCidr"))
 
 
 def missing_rules_by_cluster(results: list[ClusterResult]) -> dict[str, int]:

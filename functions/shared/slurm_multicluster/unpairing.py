@@ -32,6 +32,7 @@ ClientFactory = Callable[[str, str], Any]
 ACCOUNTING_LOST_METRIC = "AccountingClusterLost"
 
 NOT_TERMINATED = ("pending", "running", "stopping", "stopped", "shutting-down")
+STILL_UP = ("pending", "running", "stopping", "stopped")  # an ENI whose groups can still be changed
 
 
 class Departure(StateModel):
@@ -143,7 +144,24 @@ def revoke_departing_ingress(clients: ClientFactory, departure: Departure, confi
     assert departure.stack_id
     rules = ingress.rules_touching(ec2_for, config.regions_to_search(departure.region), departure.federation,
                                    departure.stack_id, departure.security_group_ids, config.deployment_id)
-    return ingress.revoke(ec2_for, rules)
+    revoked = ingress.revoke(ec2_for, rules)
+    # Nodes that keep running (an opt-out) no longer carry the federation's group (a stack's own region only).
+    ec2 = clients("ec2", departure.region)
+    head = _head_instance(ec2, departure.stack_id)
+    nodes = [i for kind in ("LoginNode", "Compute")
+             for i in discovery.instances(ec2, discovery.cluster_filters(departure.cluster_name, kind, STILL_UP))]
+    for instance in ([head] if head is not None and head["State"]["Name"] in STILL_UP else []) + nodes:
+        ingress.detach_federation_groups(ec2, instance, departure.federation, config.deployment_id)
+    return revoked
+
+
+def shrink_federation_network(clients: ClientFactory, departure: Departure, remaining: list[Member],
+                              config: Settings) -> dict[str, Any]:
+    """Under the lease, once the remaining members are known: prefix lists hold only their subnets, and a VPC
+    without a member loses the federation's group and prefix list (the last member leaving leaves nothing)."""
+    assert departure.federation
+    return ingress.shrink_network(lambda region: clients("ec2", region), config.regions_to_search(departure.region),
+                                  departure.federation, remaining, config.deployment_id)
 
 
 def remaining_members(clients: ClientFactory, departure: Departure, config: Settings) -> list[Member]:

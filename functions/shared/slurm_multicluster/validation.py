@@ -57,3 +57,11 @@ def ipv4(value: object, what: str = "IPv4 address") -> str:
         return str(ipaddress.IPv4Address(str(value)))
     except ValueError as error:
         raise InvalidInput(f"invalid {what}: {value!r}") from error
+
+
+def ipv4_cidr(value: object, what: str = "IPv4 CIDR") -> str:
+    """Return an IPv4 network in CIDR form (host bits clear), refusing anything else."""
+    try:
+        return str(ipaddress.IPv4Network(str(value), strict=True))
+    except ValueError as error:
+        raise InvalidInput(f"invalid {what}: {value!r}") from error
