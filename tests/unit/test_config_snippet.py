@@ -228,3 +228,15 @@ def test_parallelcluster_would_refuse_the_member_snippet_beside_a_database(monke
     settings = cluster.scheduling.settings
     assert _failures(checks.ExternalSlurmdbdVsDatabaseIncompatibility, database=settings.database,
                      external_slurmdbd=settings.external_slurmdbd) != []
+
+
+def test_the_member_snippet_puts_the_federation_security_group_on_the_head_node(monkeypatch):
+    endpoint = config_snippet.AccountingEndpoint(cluster_name="alpha", region=REGION, host="10.250.0.11", port=6819)
+    settings = Settings()
+    snippet = config_snippet.member_config(FEDERATION, ARN, endpoint, settings, "sg-0123456789abcdef0")
+    text = config_snippet.render(snippet, *config_snippet._member_comments(FEDERATION, endpoint, settings))
+    assert "every SlurmQueues queue's Networking/AdditionalSecurityGroups" in text
+    cluster = _load_with_parallelcluster(_merged(yaml.safe_load(text), yaml.safe_load(MINIMAL_CLUSTER)), monkeypatch)
+    assert cluster.head_node.networking.additional_security_groups == ["sg-0123456789abcdef0"]
+    assert config_snippet.SnippetRequest.model_validate(
+        {"federation": FEDERATION, "region": REGION, "vpcId": "vpc-0123456789abcdef0"}).vpc_id == "vpc-0123456789abcdef0"

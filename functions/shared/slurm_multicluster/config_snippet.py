@@ -11,13 +11,13 @@ live DbdPort.
 from __future__ import annotations
 
 import re
-from typing import Any, Callable, Literal
+from typing import Annotated, Any, Callable, Literal
 
 import yaml
 from aws_lambda_powertools import Logger
-from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from slurm_multicluster import discovery, munge_secret, pairing, registry
+from slurm_multicluster import discovery, ingress, munge_secret, pairing, registry
 from slurm_multicluster import validation as v
 from slurm_multicluster.errors import InvalidInput, PrerequisiteFailed
 from slurm_multicluster.models import FederationName, Member, Region, StateModel
@@ -31,17 +31,21 @@ ClientFactory = Callable[[str, str], Any]
 MUNGE_KEY_SECRET_ARN_SINCE = "3.8.0"
 EXTERNAL_SLURMDBD_SINCE = "3.10.0"  # requires MungeKeySecretArn, and excludes SlurmSettings/Database
 SSM_POLICY = "AmazonSSMManagedInstanceCore"
+VPC_ID = re.compile(r"^vpc-[0-9a-f]{8,17}$")
 SECRET_ARN = re.compile(r"^arn:(?P<partition>aws[a-z-]*):secretsmanager:[a-z0-9-]+:\d{12}:secret:[A-Za-z0-9/_+=.@-]{1,512}$")
 
 
 class SnippetRequest(BaseModel):
     """What `sam remote invoke GenerateConfigSnippetFunction --event-file events/config-snippet.json` passes."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
     federation: FederationName
     region: Region
     role: Literal["member", "accounting"] = "member"
+    # the new cluster's VPC: its federation security group goes in the snippet (README "Network")
+    vpc_id: Annotated[str, AfterValidator(lambda value: v.require(VPC_ID, value, "VPC id"))] | None = Field(
+        default=None, alias="vpcId")
 
     @model_validator(mode="wrap")
     @classmethod
@@ -123,14 +127,20 @@ def _ssm_policy(secret_arn: str) -> str:
     return f"arn:{match['partition']}:iam::aws:policy/{SSM_POLICY}"
 
 
-def member_config(federation: str, secret_arn: str, accounting: AccountingEndpoint, config: Settings) -> dict[str, Any]:
-    """Scheduling/HeadNode/Tags of a new member: the federation key and slurmdbd, SSM, the federation tag."""
+def member_config(federation: str, secret_arn: str, accounting: AccountingEndpoint, config: Settings,
+                  federation_group: str | None = None) -> dict[str, Any]:
+    """Scheduling/HeadNode/Tags of a new member: the federation key and slurmdbd, SSM, the federation tag, and the
+    federation security group of its VPC (when there is one) on its head node."""
+    head_node: dict[str, Any] = {"Iam": {"AdditionalIamPolicies": [{"Policy": _ssm_policy(secret_arn)}]}}
+    if federation_group:
+        head_node["Networking"] = {"AdditionalSecurityGroups": [v.require(v.SECURITY_GROUP_ID, federation_group,
+                                                                          "security group id")]}
     return {
         "Scheduling": {"SlurmSettings": {
             "MungeKeySecretArn": secret_arn,
             "ExternalSlurmdbd": {"Host": accounting.host, "Port": accounting.port},
         }},
-        "HeadNode": {"Iam": {"AdditionalIamPolicies": [{"Policy": _ssm_policy(secret_arn)}]}},
+        "HeadNode": head_node,
         "Tags": [{"Key": config.federation_tag_key, "Value": federation}],
     }
 
@@ -198,6 +208,11 @@ def _member_comments(federation: str, accounting: AccountingEndpoint, config: Se
         ("HeadNode", "Iam", "AdditionalIamPolicies"): [
             "The pairing and rotation workflows run their node scripts through SSM Run Command.",
         ],
+        ("HeadNode", "Networking", "AdditionalSecurityGroups"): [
+            f"Federation {federation}'s security group of this VPC: put the same group in every LoginNodes pool's and",
+            "every SlurmQueues queue's Networking/AdditionalSecurityGroups, so users submit to the peers from login",
+            "nodes and from jobs without a rule per cluster (it has no rules of its own; README 'Network').",
+        ],
         ("Tags",): [
             f"Opts the cluster into federation {federation}: its CREATE_COMPLETE starts the pairing workflow",
             "(ingress rules between head nodes; the key and accounting already match, so nothing restarts).",
@@ -243,7 +258,12 @@ def generate(clients: ClientFactory, request: SnippetRequest, config: Settings) 
         secret_region = accounting[0].region
         secret_arn = federation_secret_arn(clients("secretsmanager", secret_region), config, request.federation)
         endpoint = accounting_endpoint(clients, accounting[0], config)
-        snippet = member_config(request.federation, secret_arn, endpoint, config)
+        group = (ingress.federation_group(clients("ec2", request.region), request.vpc_id, request.federation,
+                                          config.deployment_id) if request.vpc_id else None)
+        if request.vpc_id and group is None:
+            notes.append(f"no federation security group in {request.vpc_id} yet (it is created when the first member "
+                         "there pairs): regenerate the snippet then; until then its nodes get a rule of their own")
+        snippet = member_config(request.federation, secret_arn, endpoint, config, group)
         header, comments = _member_comments(request.federation, endpoint, config)
         minimum = EXTERNAL_SLURMDBD_SINCE
         notes.append(f"ExternalSlurmdbd/Host is {endpoint.cluster_name}'s head node IP: if that cluster is re-created, "
