@@ -233,7 +233,7 @@ def deploy(region: str, parameters: dict[str, str] | None = None, stack: str = "
                 deploy_node_documents(documents_region, nested, REPO / resource["Properties"]["Location"])
     # ... and region-forwarder.yaml, deployed by hand in each of those regions too (README, Deploy).
     for forwarder_region in dict.fromkeys(r for r in federation_regions if r != region):
-        deploy_region_forwarder(forwarder_region, region, params)
+        deploy_region_forwarder(forwarder_region, region, params, stack=f"{stack}-forwarder")
     return Deployment(region, state_machines[PAIRING_STATE_MACHINE], function_code, patterns, params, functions,
                       state_machines)
 
