@@ -50,18 +50,6 @@ class Departure(StateModel):
     is_accounting: bool = False
 
 
-def _stack_security_groups(cloudformation: Any, stack: str) -> list[str]:
-    """Every security group the stack created (ParallelCluster: head node, compute, login node groups)."""
-    paginator = cloudformation.get_paginator("list_stack_resources")
-    return [
-        resource["PhysicalResourceId"]
-        for page in paginator.paginate(StackName=stack)
-        for resource in page["StackResourceSummaries"]
-        if resource["ResourceType"] == "AWS::EC2::SecurityGroup"
-        and v.SECURITY_GROUP_ID.fullmatch(resource.get("PhysicalResourceId") or "")
-    ]
-
-
 def _head_instance(ec2: Any, stack_id: str) -> dict[str, Any] | None:
     """The stack's head node (by CloudFormation's own tags), while it is not terminated."""
     found = discovery.instances(ec2, discovery.head_node_filters(stack_id, NOT_TERMINATED))
@@ -116,7 +104,7 @@ def discover_departure(clients: ClientFactory, request: PairingRequest, config: 
                                        "it): nothing to undo", stack_id)
     reason = ("paired before (our rules name it)" if paired_in else
               "named in the request" if request.federation else "an admitted member")
-    groups = _stack_security_groups(clients("cloudformation", region), stack_id) if stack else []
+    groups = discovery.stack_security_groups(clients("cloudformation", region), stack_id) if stack else []
     head = _head_instance(clients("ec2", region), stack_id)
     if head is not None:
         groups += [g["GroupId"] for g in head.get("SecurityGroups", []) if g["GroupId"] not in groups]
