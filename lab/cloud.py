@@ -492,14 +492,36 @@ def _prepare_command(backend: Any, document_name: str | None, sent: dict[str, li
     return render_document(document_name, document.document_type, document.content_json, sent)
 
 
+def _instance_information(account_id: str, region: str, instance_ids: list[str],
+                          registered: Callable[[str], bool]) -> list[dict[str, Any]]:
+    """DescribeInstanceInformation's list (moto has none): one entry per EC2 instance whose SSM agent is
+    registered, PingStatus Online while it runs and ConnectionLost once it does not; an instance without the
+    agent (or its role's SSM policy) is not listed at all, as on AWS."""
+    from moto.ec2.models import ec2_backends
+
+    listed = []
+    for reservation in ec2_backends[account_id][region].all_reservations():
+        for instance in reservation.instances:
+            if instance_ids and instance.id not in instance_ids or not registered(instance.id):
+                continue
+            if instance.state == "terminated":
+                continue
+            listed.append({"InstanceId": instance.id, "ResourceType": "EC2Instance", "PlatformType": "Linux",
+                           "PingStatus": "Online" if instance.state == "running" else "ConnectionLost",
+                           "IPAddress": instance.private_ip, "AgentVersion": "3.3.0.0"})
+    return listed
+
+
 @contextmanager
-def ssm_runs_on(executor: Executor, routable: Callable[[str], bool]) -> Iterator[list[dict[str, Any]]]:
+def ssm_runs_on(executor: Executor, routable: Callable[[str], bool],
+                registered: Callable[[str], bool] | None = None) -> Iterator[list[dict[str, Any]]]:
     """Make moto's SSM run Command documents as SSM does, each rendered invocation through ``executor``;
     yields the list of invocations sent (command id, instance, document name, parameters, comment, and
     ``Cancelled: True`` once a CancelCommand reached it while it ran).
 
     Instances that ``routable`` rejects behave like instances without the SSM agent: SendCommand fails with
-    InvalidInstanceId, as it does on AWS.
+    InvalidInstanceId, as it does on AWS. DescribeInstanceInformation lists the instances ``registered`` accepts
+    (default: every instance, as with ParallelCluster's AMIs, whose agent registers with the instance role).
     """
     from moto.ssm import models as ssm_models
     from moto.ssm.exceptions import SSMException
@@ -541,6 +563,17 @@ def ssm_runs_on(executor: Executor, routable: Callable[[str], bool]) -> Iterator
         self.ssm_backend.cancel_command(self._get_param("CommandId"), self._get_param("InstanceIds", []))
         return ActionResult({})
 
+    def describe_instance_information_response(self: Any) -> Any:
+        from moto.core.responses import ActionResult
+
+        filters = self._get_param("Filters") or []
+        wanted = [i for f in filters if f.get("Key") == "InstanceIds" for i in f.get("Values", [])]
+        statuses = [s for f in filters if f.get("Key") == "PingStatus" for s in f.get("Values", [])]
+        listed = _instance_information(self.current_account, self.region, wanted,
+                                       registered or (lambda instance_id: True))
+        return ActionResult({"InstanceInformationList": [
+            i for i in listed if not statuses or i["PingStatus"] in statuses]})
+
     def invocation_response(self: Any, instance_id: str, plugin_name: str) -> dict[str, Any]:
         if not routable(instance_id):
             raise SSMException("InvalidInstanceId", f"Instances [[{instance_id}]] not in a valid state for account")
@@ -576,8 +609,10 @@ def ssm_runs_on(executor: Executor, routable: Callable[[str], bool]) -> Iterator
     # moto answers an action it lacks with an error; outer seams' cancellations stay theirs (nested labs)
     original_cancel = getattr(ssm_models.SimpleSystemManagerBackend, "cancel_command", None)
     original_cancel_response = getattr(ssm_responses.SimpleSystemManagerResponse, "cancel_command", None)
+    original_information = getattr(ssm_responses.SimpleSystemManagerResponse, "describe_instance_information", None)
     ssm_models.SimpleSystemManagerBackend.cancel_command = cancel_command
     ssm_responses.SimpleSystemManagerResponse.cancel_command = cancel_command_response
+    ssm_responses.SimpleSystemManagerResponse.describe_instance_information = describe_instance_information_response
     try:
         yield sent
     finally:
@@ -586,7 +621,9 @@ def ssm_runs_on(executor: Executor, routable: Callable[[str], bool]) -> Iterator
         ssm_models.Command._get_instance_ids_from_targets = original_targets
         for owner, name, original in ((ssm_models.SimpleSystemManagerBackend, "cancel_command", original_cancel),
                                       (ssm_responses.SimpleSystemManagerResponse, "cancel_command",
-                                       original_cancel_response)):
+                                       original_cancel_response),
+                                      (ssm_responses.SimpleSystemManagerResponse, "describe_instance_information",
+                                       original_information)):
             if original is None:
                 delattr(owner, name)
             else:

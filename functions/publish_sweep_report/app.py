@@ -20,6 +20,7 @@ def lambda_handler(given: sweep.ReportInput, context: LambdaContext) -> dict:
     metrics.add_metric(name="DriftedClusters", unit=MetricUnit.Count, value=len(report.drifted))
     metrics.add_metric(name="RepairedClusters", unit=MetricUnit.Count, value=len(report.repaired))
     metrics.add_metric(name="FailedRepairs", unit=MetricUnit.Count, value=len(report.failed))
+    metrics.add_metric(name="DepartedClusters", unit=MetricUnit.Count, value=len(report.departed))
     sweep.publish(client("events", os.environ["AWS_REGION"]), os.environ.get("EVENT_BUS_NAME", "default"), report,
                   given.request.execution_name)
     logger.info("drift report", extra={"report": report.state()})

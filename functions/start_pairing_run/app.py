@@ -1,4 +1,5 @@
-"""StartPairingRun: start the pairing state machine on one cluster (dryRun as the sweep's)."""
+"""StartPairingRun: start the pairing state machine on one cluster (dryRun as the sweep's), or the unpairing state
+machine on a departed one."""
 
 import os
 
@@ -11,5 +12,5 @@ from slurm_multicluster.lambda_step import pairing_step
 
 @pairing_step(sweep.PairingRun)
 def lambda_handler(run: sweep.PairingRun, context: LambdaContext) -> dict:
-    arn = os.environ["PAIRING_STATE_MACHINE_ARN"]
+    arn = os.environ["PAIRING_STATE_MACHINE_ARN" if run.cluster.workflow == "pairing" else "UNPAIRING_STATE_MACHINE_ARN"]
     return sweep.start_pairing_run(client("stepfunctions", arn.split(":")[3]), arn, run).state()

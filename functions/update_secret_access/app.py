@@ -1,4 +1,4 @@
-"""UpdateSecretAccess: the munge key secret's resource policy names only the remaining head node roles."""
+"""UpdateSecretAccess: the munge key secret's readers are its current readers minus the departing head node role."""
 
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
@@ -11,4 +11,4 @@ from slurm_multicluster.state import UnpairingState
 
 @pairing_step(UnpairingState)
 def lambda_handler(state: UnpairingState, context: LambdaContext) -> dict:
-    return unpairing.update_secret_access(client, state.departing(), state.remaining, settings())
+    return unpairing.update_secret_access(client, state.departing(), settings())

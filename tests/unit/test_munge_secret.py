@@ -147,19 +147,25 @@ def test_without_the_templates_key_nothing_is_created(secrets):
     assert secrets.list_secrets()["SecretList"] == []
 
 
-def test_an_unpairing_keeps_the_readers_that_stay_and_gives_no_one_new_access(secrets, config):
+def test_an_unpairing_takes_only_the_departing_role_away_and_gives_no_one_new_access(secrets, config):
     from slurm_multicluster import unpairing
 
     gamma = _member("gamma")  # tagged, but its pairing failed: it never could read the key
     arn, _ = munge_secret.ensure_secret(secrets, NAME, "hpc", config)
     munge_secret.set_access(secrets, arn, [ALPHA, BETA])
-    departure = unpairing.Departure(member=True, reason="deleted", federation="hpc", cluster_name="beta", region=REGION)
+    departure = unpairing.Departure(member=True, reason="deleted", federation="hpc", cluster_name="beta", region=REGION,
+                                    head_role_arn=BETA.head_node.role_arn)
 
-    outcome = unpairing.update_secret_access(lambda service, region: secrets, departure, [ALPHA, gamma], config)
+    outcome = unpairing.update_secret_access(_clients, departure, config.model_copy(update={"deployment_region": REGION}))
 
-    assert outcome == {"secret": arn, "readers": [ALPHA.head_node.role_arn]}
+    assert outcome == {"secret": arn, "readers": [ALPHA.head_node.role_arn], "revoked": [BETA.head_node.role_arn]}
     policy = secrets.get_resource_policy(SecretId=arn)["ResourcePolicy"]
     assert [may(policy, m.head_node.role_arn, READ) for m in (ALPHA, BETA, gamma)] == [True, False, False]
+    assert may(policy, ALPHA.head_node.role_arn, WRITE) and not may(policy, BETA.head_node.role_arn, WRITE)
+
+
+def _clients(service: str, region: str) -> Any:
+    return boto3.client(service, region_name=region)
 
 
 def test_an_unpairing_leaves_a_foreign_secret_alone(secrets, config):
@@ -167,6 +173,6 @@ def test_an_unpairing_leaves_a_foreign_secret_alone(secrets, config):
 
     secrets.create_secret(Name=NAME)
     departure = unpairing.Departure(member=True, reason="deleted", federation="hpc", cluster_name="beta", region=REGION)
-    outcome = unpairing.update_secret_access(lambda service, region: secrets, departure, [ALPHA], config)
+    outcome = unpairing.update_secret_access(_clients, departure, config.model_copy(update={"deployment_region": REGION}))
     assert outcome["readers"] == [] and "not created by this deployment" in outcome["reason"]
     assert "ResourcePolicy" not in secrets.get_resource_policy(SecretId=NAME)

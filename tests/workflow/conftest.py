@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 import pytest
@@ -31,6 +31,7 @@ class MotoAws:
     deployment: cloud.Deployment
     commands: list[dict[str, Any]]
     network: Network
+    ssm_unregistered: set[str] = field(default_factory=set)  # instances DescribeInstanceInformation does not list
 
     def run_event(self, event: dict[str, Any]) -> dict[str, Any] | None:
         arn = cloud.route_event(self.deployment, event)
@@ -56,14 +57,17 @@ def deployment_parameters() -> dict[str, str]:
 
 @pytest.fixture
 def moto_aws(aws_env: None, deployment_parameters: dict[str, str]) -> Iterator[MotoAws]:
-    """moto with the template deployed; SSM reaches no node (as with clusters lacking the SSM policy)."""
+    """moto with the template deployed; SSM lists every instance as Online (but those in ``ssm_unregistered``)
+    and reaches no node (commands fail as for an agent that stopped answering)."""
     from slurm_multicluster import aws
 
     aws.client.cache_clear()
+    unregistered: set[str] = set()
     with mock_aws(config=cloud.MOTO_CONFIG):
         deployment = cloud.deploy(REGION, deployment_parameters)
         with cloud.real_lambda_handlers(deployment), cloud.ssm_runs_on(
-            executor=lambda *args: (1, "", "no node"), routable=lambda instance_id: False
+            executor=lambda *args: (1, "", "no node"), routable=lambda instance_id: False,
+            registered=lambda instance_id: instance_id not in unregistered,
         ) as commands:
-            yield MotoAws(deployment, commands, create_network(REGION, "10.250.0.0/24"))
+            yield MotoAws(deployment, commands, create_network(REGION, "10.250.0.0/24"), unregistered)
     aws.client.cache_clear()

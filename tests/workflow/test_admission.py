@@ -245,8 +245,8 @@ def test_an_admitted_peer_without_a_head_node_is_skipped_and_named_not_a_blocker
 
     assert found["member"] is True
     assert sorted(m["clusterName"] for m in found["members"]) == ["alpha", "beta"]
-    assert [s.split(" ", 1)[0] for s in found["skipped"]] == ["broken"]
-    assert "expected one running head node" in found["skipped"][0]
+    assert [(s["clusterName"], s["stackId"]) for s in found["skipped"]] == [("broken", broken.stack_id)]
+    assert "expected one running head node" in found["skipped"][0]["reason"]
     # the cluster the pairing is about still fails loudly when it does not resolve
     refused = moto_aws.run_event(cloud.stack_status_event(broken.stack_id, "UPDATE_COMPLETE", REGION))
     assert refused["status"] == "FAILED" and "expected one running head node" in refused["cause"]

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from aws_lambda_powertools import Logger
+from aws_lambda_powertools import Logger, Metrics
+from aws_lambda_powertools.metrics import MetricUnit
 from botocore.exceptions import ClientError
 
+from slurm_multicluster import announcements, munge_secret
 from slurm_multicluster import validation as v
-from slurm_multicluster.errors import InvalidInput, PrerequisiteFailed
-from slurm_multicluster.models import HeadNode, Member
+from slurm_multicluster.errors import InvalidInput, NodeUnreachable, PrerequisiteFailed
+from slurm_multicluster.models import HeadNode, Member, StateModel
+from slurm_multicluster.node_commands import SSM_POLICY_HINT
 from slurm_multicluster.registry import Federation
 from slurm_multicluster.settings import Settings
 
@@ -109,7 +112,7 @@ def head_node(ec2: Any, iam: Any, cloudformation: Any, cluster_name: str, stack_
         private_ip=v.ipv4(instance["PrivateIpAddress"]),
         security_group_ids=[v.require(v.SECURITY_GROUP_ID, g, "security group id") for g in group_ids],
         vpc_id=instance["VpcId"],
-        role_arn=_instance_role_arn(iam, instance),
+        role_arn=instance_role_arn(iam, instance),
         network_interface_id=primary[0]["NetworkInterfaceId"] if primary else None,
         subnet_cidr=subnet_cidrs(ec2, [instance["SubnetId"]])[0] if instance.get("SubnetId") else None,
     )
@@ -132,12 +135,18 @@ def _stack_resource_id(cloudformation: Any, stack: str, logical_id: str) -> str 
     return resource["StackResourceDetail"].get("PhysicalResourceId")
 
 
-def _instance_role_arn(iam: Any, instance: dict[str, Any]) -> str | None:
+def instance_role_arn(iam: Any, instance: dict[str, Any]) -> str | None:
+    """The role of an instance's instance profile; None without one, or once its profile was deleted."""
     profile_arn = instance.get("IamInstanceProfile", {}).get("Arn")
     if not profile_arn:
         return None
     profile_name = profile_arn.rsplit("/", 1)[-1]
-    roles = iam.get_instance_profile(InstanceProfileName=profile_name)["InstanceProfile"]["Roles"]
+    try:
+        roles = iam.get_instance_profile(InstanceProfileName=profile_name)["InstanceProfile"]["Roles"]
+    except ClientError as error:
+        if error.response["Error"]["Code"] == "NoSuchEntity":  # a stack deletion removes the profile
+            return None
+        raise
     return roles[0]["Arn"] if roles else None
 
 
@@ -193,22 +202,111 @@ def member(clients: ClientFactory, stack: dict[str, Any], region: str, federatio
     )
 
 
-def resolvable_members(clients: ClientFactory, stacks: list[tuple[str, dict[str, Any]]], federation: Federation,
-                       config: Settings, required: str | None = None) -> tuple[list[Member], list[str]]:
-    """(members, skipped): every stack that resolves to a member, and "<stack>: <why>" for each that does not (no
-    running head node created by its stack, ...). An unresolvable peer never halts the others; the stack the
-    workflow is about (``required``, a StackId) still fails loudly."""
-    members, skipped = [], []
+class SkippedMember(StateModel):
+    """An admitted stack of the federation left out of this run, and why: it never halts the others."""
+
+    cluster_name: str
+    stack_id: str
+    region: str
+    reason: str
+
+
+SSM_ONLINE = "Online"
+SSM_FILTER_VALUES = 50  # DescribeInstanceInformation: instance ids per InstanceIds filter, at most
+
+
+def ssm_online(ssm: Any, instance_ids: list[str]) -> set[str]:
+    """The instances whose SSM agent is registered and Online (DescribeInstanceInformation): the only ones Run
+    Command reaches. An instance without the agent or the AmazonSSMManagedInstanceCore policy is not listed."""
+    online: set[str] = set()
+    paginator = ssm.get_paginator("describe_instance_information")
+    for start in range(0, len(instance_ids), SSM_FILTER_VALUES):
+        batch = instance_ids[start:start + SSM_FILTER_VALUES]
+        for page in paginator.paginate(Filters=[{"Key": "InstanceIds", "Values": batch}]):
+            online |= {i["InstanceId"] for i in page["InstanceInformationList"] if i.get("PingStatus") == SSM_ONLINE}
+    return online
+
+
+def claimed_cluster_names(stacks: list[tuple[str, dict[str, Any]]], federation: str) -> dict[str, str]:
+    """StackId -> why, for every stack whose ClusterName another stack of the list claims too. ParallelCluster's
+    Slurm ClusterName is the cluster (stack) name and slurmdbd keeps it in lower case: two admitted stacks of the
+    same name (in two regions, or re-created) would be one cluster to Slurm, so neither joins."""
+    by_name: dict[str, list[tuple[str, dict[str, Any]]]] = {}
     for region, stack in stacks:
+        by_name.setdefault(stack["StackName"].lower(), []).append((region, stack))
+    claimed = {}
+    for name, claimants in by_name.items():
+        if len(claimants) < 2:
+            continue
+        stack_ids = ", ".join(stack["StackId"] for _, stack in claimants)
+        why = (f"ClusterName {name} is claimed by {len(claimants)} admitted stacks of federation {federation} "
+               f"({stack_ids}): Slurm would take them for one cluster, so none of them joins until only one is "
+               "left (revoke the others in the registry, or delete them)")
+        claimed.update({stack["StackId"]: why for _, stack in claimants})
+    return claimed
+
+
+def resolvable_members(clients: ClientFactory, stacks: list[tuple[str, dict[str, Any]]], federation: Federation,
+                       config: Settings, required: str | None = None) -> tuple[list[Member], list[SkippedMember]]:
+    """(members, skipped): every stack that resolves to a member SSM can reach, and each that does not, with why:
+    its ClusterName claimed by another admitted stack too, no running head node created by its stack, a head
+    node whose SSM agent is not Online. An unresolvable peer never halts the others; the stack the workflow is
+    about (``required``, a StackId) still fails loudly (PrerequisiteFailed, or NodeUnreachable for SSM)."""
+    members: list[Member] = []
+    skipped: list[SkippedMember] = []
+
+    def skip(region: str, stack: dict[str, Any], reason: str, error: type[Exception] = PrerequisiteFailed) -> None:
+        if stack["StackId"] == required:
+            raise error(reason)
+        logger.warning("skipping a member that does not resolve", extra={"stack": stack["StackId"], "reason": reason})
+        skipped.append(SkippedMember(cluster_name=stack["StackName"], stack_id=stack["StackId"], region=region,
+                                     reason=reason))
+
+    claimed = claimed_cluster_names(stacks, federation.name)
+    for region, stack in stacks:
+        if stack["StackId"] in claimed:
+            skip(region, stack, claimed[stack["StackId"]])
+            continue
         try:
             members.append(member(clients, stack, region, federation, config))
         except PrerequisiteFailed as error:
-            if stack["StackId"] == required:
-                raise
-            logger.warning("skipping a member that does not resolve", extra={"stack": stack["StackId"],
-                                                                              "reason": str(error)})
-            skipped.append(f"{stack['StackName']} ({stack['StackId']}): {error}")
-    return members, skipped
+            skip(region, stack, str(error))
+    reachable = []
+    for region in sorted({m.region for m in members}):
+        in_region = [m for m in members if m.region == region]
+        online = ssm_online(clients("ssm", region), [m.head_node.instance_id for m in in_region])
+        for found in in_region:
+            if found.head_node.instance_id in online:
+                reachable.append(found)
+                continue
+            skip(region, {"StackName": found.cluster_name, "StackId": found.stack_id},
+                 f"cluster {found.cluster_name}: its head node {found.head_node.instance_id} is not managed by SSM "
+                 f"(not registered, or its agent is not Online in Systems Manager): {SSM_POLICY_HINT}",
+                 NodeUnreachable)
+    return [m for m in members if m in reachable], skipped
+
+
+SKIPPED_DETAIL_TYPE = "Slurm Cluster Skipped"
+SKIPPED_METRIC = "MembersSkipped"
+
+
+def announce_skipped(events: Any, bus: str, federation: str | None, skipped: list[SkippedMember], workflow: str,
+                     execution: str) -> None:
+    """One "Slurm Cluster Skipped" event per skipped stack (stackId, reason) and the MembersSkipped metric, so an
+    administrator hears of a member left out of a pairing, rotation or unpairing. Nothing when none was skipped."""
+    if not skipped:
+        return
+    metrics = Metrics()  # namespace and service from POWERTOOLS_METRICS_NAMESPACE / POWERTOOLS_SERVICE_NAME, now
+    metrics.add_metric(name=SKIPPED_METRIC, unit=MetricUnit.Count, value=len(skipped))
+    metrics.add_metadata(key="stacks", value=[s.stack_id for s in skipped])
+    metrics.flush_metrics()  # only then: most discoveries skip nothing (no empty-metrics warning)
+    try:
+        announcements.publish(events, bus, SKIPPED_DETAIL_TYPE, [
+            {"federation": federation, "cluster": s.cluster_name, "stackId": s.stack_id, "region": s.region,
+             "reason": s.reason, "workflow": workflow, "execution": execution, "outcome": "skipped"}
+            for s in skipped])
+    except Exception:  # the skip is in the metric and the step's output: losing its event must not halt the others
+        logger.exception("could not announce the skipped members", extra={"stacks": [s.stack_id for s in skipped]})
 
 
 LIVE_STATUSES = {"CREATE_COMPLETE", "UPDATE_COMPLETE", "UPDATE_ROLLBACK_COMPLETE", "UPDATE_IN_PROGRESS",
@@ -245,3 +343,62 @@ def federation_stacks(clients: ClientFactory, regions: list[str], federation: Fe
             continue
         found.append((region, stack))
     return found
+
+
+NOT_TERMINATED = ("pending", "running", "stopping", "stopped", "shutting-down")
+
+
+def head_node_roles(clients: ClientFactory, stacks: list[tuple[str, dict[str, Any]]]) -> set[str]:
+    """The head node roles of ``stacks`` (their head nodes in any state but terminated: a stopped head node still
+    needs its key): the secret readers these clusters account for."""
+    roles = set()
+    for region, stack in stacks:
+        for instance in instances(clients("ec2", region), head_node_filters(stack["StackId"], NOT_TERMINATED)):
+            role = instance_role_arn(clients("iam", region), instance)
+            if role:
+                roles.add(role)
+    return roles
+
+
+class SecretReaders(StateModel):
+    """Who may read a federation's munge key secret, and which of those roles no member accounts for."""
+
+    federation: str
+    secret_arn: str | None = None
+    region: str
+    readers: list[str] = []
+    departed: list[str] = []  # readers that are the head node role of no admitted, tagged, live member
+    reason: str = ""
+
+
+def federation_secret(clients: ClientFactory, name: str, federation: Federation | None, config: Settings,
+                      region: str | None = None) -> tuple[str, str | None, str]:
+    """(region, ARN or None, why not) of federation ``name``'s secret, in its accounting cluster's region (else
+    ``region``): None with the reason when it does not exist or this deployment did not create it."""
+    match = v.STACK_ARN.fullmatch(federation.declaration.accounting_stack_arn) if federation else None
+    where = match["region"] if match else region or config.deployment_region
+    secret_name = config.munge_key_secret_name(name)
+    described = munge_secret.describe(clients("secretsmanager", where), secret_name)
+    if described is None:
+        return where, None, f"no secret {secret_name} in {where}"
+    foreign = munge_secret.foreign_reason(described, config)
+    if foreign:  # the pairing refuses such a secret: it never held the key, and it is not ours to change
+        return where, None, f"{described['ARN']} left alone, not created by this deployment: {foreign}"
+    return where, described["ARN"], ""
+
+
+def secret_readers(clients: ClientFactory, name: str, federation: Federation | None, config: Settings,
+                   leaving: str | None = None, region: str | None = None) -> SecretReaders:
+    """The readers of federation ``name``'s secret, and the departed ones: no admitted, tagged, live stack of the
+    federation but ``leaving`` (a StackId) has that head node role. A federation the registry no longer declares
+    has no member: every reader departed. Reads only."""
+    where, arn, why = federation_secret(clients, name, federation, config, region)
+    if arn is None:
+        return SecretReaders(federation=name, region=where, reason=why)
+    readers = munge_secret.current_readers(clients("secretsmanager", where), arn)
+    staying: set[str] = set()
+    if federation is not None:
+        stacks = federation_stacks(clients, config.regions_to_search(where), federation, config)
+        staying = head_node_roles(clients, [(r, s) for r, s in stacks if s["StackId"] != leaving])
+    return SecretReaders(federation=name, region=where, secret_arn=arn, readers=readers,
+                         departed=[role for role in readers if role not in staying])

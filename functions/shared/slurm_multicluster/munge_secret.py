@@ -104,8 +104,14 @@ def access_policy(secret_arn: str, members: list[Member], break_glass_role_arn: 
     """Resource policy: every given member's head node role may read the key, the accounting one may write it, and
     every other principal (but the optional break-glass role) is denied reading, writing and re-keying it, whatever
     its identity policies say. No member -> a policy that denies everyone (but break-glass)."""
-    writers = sorted({m.head_node.role_arn for m in members if m.is_accounting and m.head_node.role_arn})
-    readers = sorted({m.head_node.role_arn for m in members if m.head_node.role_arn})
+    return role_policy(secret_arn, sorted({m.head_node.role_arn for m in members if m.head_node.role_arn}),
+                       sorted({m.head_node.role_arn for m in members if m.is_accounting and m.head_node.role_arn}),
+                       break_glass_role_arn)
+
+
+def role_policy(secret_arn: str, readers: list[str], writers: list[str], break_glass_role_arn: str = "") -> dict[str, Any]:
+    """access_policy by role ARNs: ``readers`` may read the key, ``writers`` write it, everyone else is denied."""
+    readers, writers = sorted(set(readers) | set(writers)), sorted(set(writers))
     statements: list[dict[str, Any]] = []
     if readers:
         statements.append(
@@ -141,11 +147,24 @@ def access_policy(secret_arn: str, members: list[Member], break_glass_role_arn: 
     return {"Version": "2012-10-17", "Statement": statements}
 
 
-def readers(policy_text: str | None) -> list[str]:
-    """The head node roles a resource policy of ours lets read the key."""
+def readers(policy_text: str | None, sid: str = "MemberHeadNodesReadMungeKey") -> list[str]:
+    """The head node roles a resource policy of ours lets read the key (``sid``: the statement to read)."""
     statements = json.loads(policy_text)["Statement"] if policy_text else []
-    principals = [s["Principal"]["AWS"] for s in statements if s.get("Sid") == "MemberHeadNodesReadMungeKey"]
+    principals = [s["Principal"]["AWS"] for s in statements if s.get("Sid") == sid]
     return sorted({arn for p in principals for arn in ([p] if isinstance(p, str) else p)})
+
+
+def revoke_readers(secretsmanager: Any, secret_arn: str, roles: list[str], break_glass_role_arn: str = "") -> list[str]:
+    """The policy recomputed as its current readers (and writer) minus ``roles``, whoever else reads: a departed
+    cluster loses access even when the rest of the federation cannot be discovered. Returns the readers left."""
+    policy_text = secretsmanager.get_resource_policy(SecretId=secret_arn).get("ResourcePolicy")
+    gone = set(roles)
+    staying = [r for r in readers(policy_text) if r not in gone]
+    writers = [r for r in readers(policy_text, "AccountingHeadNodeWritesMungeKey") if r not in gone]
+    policy = role_policy(secret_arn, staying, writers, break_glass_role_arn)
+    secretsmanager.put_resource_policy(SecretId=secret_arn, ResourcePolicy=json.dumps(policy), BlockPublicPolicy=True)
+    logger.info("secret readers revoked", extra={"secret": secret_arn, "revoked": sorted(gone), "readers": staying})
+    return sorted(set(staying) | set(writers))
 
 
 def current_readers(secretsmanager: Any, secret_arn: str) -> list[str]:

@@ -27,7 +27,7 @@ class Discovery(StateModel):
     cluster_name: str
     stack_id: str | None = None
     members: list[Member] = []
-    skipped: list[str] = []  # admitted peers that do not resolve (e.g. no running head node): left out, named
+    skipped: list[discovery.SkippedMember] = []  # admitted peers left out (no head node, no SSM, a claimed name)
 
 
 class KeyPlan(StateModel):

@@ -176,8 +176,10 @@ def normalize(event: Any, execution_name: str, execution_id: str) -> RotationReq
 # ---------------------------------------------------------------- discovery and prerequisites
 
 
-def discover_members(clients: ClientFactory, request: RotationRequest, config: Settings) -> list[Member]:
-    """Every live member of the federation, with head, compute and login nodes (AWS side only)."""
+def discover_members(clients: ClientFactory, request: RotationRequest,
+                     config: Settings) -> tuple[list[Member], list[discovery.SkippedMember]]:
+    """(members, skipped): every live member of the federation, with head, compute and login nodes (AWS side
+    only), and the admitted stacks left out (discovery.resolvable_members says why)."""
     declared = registry.declared(clients, config, request.federation)
     stacks = discovery.federation_stacks(clients, config.regions_to_search(request.region), declared, config)
     if not stacks:
@@ -186,8 +188,9 @@ def discover_members(clients: ClientFactory, request: RotationRequest, config: S
             f"tagged {config.federation_tag_key}={request.federation} in {', '.join(config.regions_to_search(request.region))}"
         )
     members, skipped = discovery.resolvable_members(clients, stacks, declared, config)
-    logger.info("federation members", extra={"members": [m.cluster_name for m in members], "skipped": skipped})
-    return members
+    logger.info("federation members", extra={"members": [m.cluster_name for m in members],
+                                             "skipped": [s.stack_id for s in skipped]})
+    return members, skipped
 
 
 def _current_version(secretsmanager: Any, secret_name: str, config: Settings) -> tuple[str, str]:

@@ -1,10 +1,15 @@
-"""The drift sweep: every tagged cluster checked (and repaired) by the pairing workflow, one report.
+"""The drift sweep: every tagged cluster checked (and repaired) by the pairing workflow, one report; and the
+backstop in the other direction: every cluster that still holds this deployment's rules or secret read access but
+is no longer an admitted, tagged member is reported (dryRun) or unpaired.
 
 The pairing state machine already knows what drift is: its plan lists exactly what differs from a paired
 cluster (missing ingress rules, another munge key, accounting lines, its own slurmdbd still running), a dryRun
 returns that plan, and a real run repairs only that, verifies, and rolls back on failure. The sweep therefore
 starts one pairing execution per tagged cluster (manual request format), one at a time, polls it, and turns
-the plans it returns into a report. The Lambdas here are thin adapters over these functions.
+the plans it returns into a report. A departed cluster (revoked in the registry, its tag removed, its stack
+deleted: an event missed, or an unpairing that failed) gets an unpairing execution the same way, before the
+pairings; a secret reader no member's head node role accounts for is revoked. The Lambdas here are thin
+adapters over these functions.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from aws_lambda_powertools import Logger
 from botocore.exceptions import ClientError
 from pydantic import BaseModel, ConfigDict, StrictBool, ValidationError
 
-from slurm_multicluster import discovery, registry
+from slurm_multicluster import announcements, discovery, ingress, munge_secret, registry
 from slurm_multicluster import validation as v
 from slurm_multicluster.errors import InvalidInput
 from slurm_multicluster.models import ClusterName, ExecutionName, FederationName, Region, StateModel
@@ -27,7 +32,6 @@ logger = Logger(child=True)
 
 ClientFactory = Callable[[str, str], Any]
 
-REPORT_SOURCE = "slurm-multicluster"
 REPORT_DETAIL_TYPE = "Slurm Federation Drift Report"
 FIRST_POLL_SECONDS = 2
 LONGEST_POLL_SECONDS = 30  # a pairing that repairs takes minutes on AWS: poll less often as it goes on
@@ -50,13 +54,27 @@ class SweepState(StateModel):
 
 
 class TaggedCluster(StateModel):
-    """One cluster the sweep checks: tagged and admitted."""
+    """One cluster the sweep checks (tagged and admitted: the pairing workflow), or unpairs (departed: the
+    unpairing workflow, ``reason`` says why it is no member any more)."""
 
     cluster: ClusterName
     stack_id: str | None = None
     federation: FederationName
     region: Region
     is_accounting: bool = False
+    workflow: Literal["pairing", "unpairing"] = "pairing"
+    reason: str | None = None
+    revoked: bool = False  # the registry revoked it: the unpairing runs nothing on it and rotates the others
+
+
+class DepartedReaders(StateModel):
+    """Roles the federation secret still lets read the munge key that no admitted, tagged member's head node has."""
+
+    federation: str
+    secret_arn: str
+    region: str
+    roles: list[str]
+    revoked: bool = False
 
 
 class UncheckedStack(StateModel):
@@ -70,8 +88,10 @@ class UncheckedStack(StateModel):
 
 
 class SweepClusters(StateModel):
-    clusters: list[TaggedCluster]
+    clusters: list[TaggedCluster]  # departed clusters first (without dryRun), then the members to check
     unchecked: list[UncheckedStack] = []
+    departed: list[TaggedCluster] = []  # every departed cluster found, unpaired or not (dryRun)
+    departed_readers: list[DepartedReaders] = []
 
 
 class PairingRun(StateModel):
@@ -90,6 +110,7 @@ class ClusterResult(StateModel):
     federation: str
     region: str = ""
     status: str
+    workflow: Literal["pairing", "unpairing"] = "pairing"
     execution_arn: str | None = None
     plan: dict[str, Any] | None = None
     error: str | None = None
@@ -99,6 +120,8 @@ class ClusterResult(StateModel):
 class ReportInput(StateModel):
     request: SweepRequest
     unchecked: list[UncheckedStack] = []
+    departed: list[TaggedCluster] = []
+    departed_readers: list[DepartedReaders] = []
     results: list[ClusterResult] = []
 
 
@@ -114,6 +137,13 @@ class FailedCluster(StateModel):
     error: str
 
 
+class DepartedLine(StateModel):
+    cluster: str
+    stack_id: str
+    federation: str
+    reason: str
+
+
 class SweepReport(StateModel):
     """What the sweep found (and, without dryRun, repaired): the output and the report event's detail."""
 
@@ -125,6 +155,9 @@ class SweepReport(StateModel):
     repaired: list[DriftedCluster]
     failed: list[FailedCluster]
     not_admitted: list[str] = []  # tagged stacks (StackIds) that no registry entry admits: nothing was done to them
+    departed: list[DepartedLine] = []  # hold our rules but are no admitted, tagged member (unpaired without dryRun)
+    unpaired: list[str] = []  # StackIds the sweep's unpairing runs unpaired
+    departed_readers: list[DepartedReaders] = []  # revoked (revoked: true) without dryRun
 
 
 # ---------------------------------------------------------------- the request
@@ -180,9 +213,102 @@ def tagged_clusters(clients: ClientFactory, request: SweepRequest, config: Setti
         except (InvalidInput, ValidationError) as error:
             unchecked.append(UncheckedStack(cluster=stack["StackName"], region=region, error=str(error).splitlines()[0]))
     clusters.sort(key=lambda c: (c.federation, c.is_accounting, c.cluster, c.region))
+    gone = departed_clusters(clients, request, declared, config)
+    readers = departed_readers(clients, request, declared, config)
     logger.info("clusters to sweep", extra={"clusters": [c.cluster for c in clusters],
-                                            "unchecked": [u.cluster for u in unchecked]})
-    return SweepClusters(clusters=clusters, unchecked=unchecked)
+                                            "unchecked": [u.cluster for u in unchecked],
+                                            "departed": [d.stack_id for d in gone]})
+    # unpair first: the pairings that follow no longer see (or verify against) a departed cluster
+    return SweepClusters(clusters=([] if request.dry_run else gone) + clusters, unchecked=unchecked, departed=gone,
+                         departed_readers=readers)
+
+
+def paired_stacks(ec2_for: Callable[[str], Any], regions: list[str], deployment: str) -> dict[tuple[str, str], str]:
+    """(StackId, federation) -> region of every stack this deployment's rules name as source or target (their
+    slurm-multicluster:source-stack / target-stack tags): every cluster paired, whatever its tags say now."""
+    found: dict[tuple[str, str], str] = {}
+    for region in regions:
+        owned = [{"Name": f"tag:{ingress.DEPLOYMENT_TAG}", "Values": [deployment]},
+                 {"Name": "tag-key", "Values": [ingress.OWNER_TAG]}]
+        for page in ec2_for(region).get_paginator("describe_security_group_rules").paginate(Filters=owned):
+            for rule in page["SecurityGroupRules"]:
+                tags = {t["Key"]: t["Value"] for t in rule.get("Tags", [])}
+                for key in (ingress.SOURCE_STACK_TAG, ingress.TARGET_STACK_TAG):
+                    if v.STACK_ARN.fullmatch(tags.get(key, "")) and v.FEDERATION_NAME.fullmatch(tags[ingress.OWNER_TAG]):
+                        found[(tags[key], tags[ingress.OWNER_TAG])] = v.STACK_ARN.fullmatch(tags[key])["region"]
+    return found
+
+
+def why_departed(stack: dict[str, Any] | None, federation: str, declared: dict[str, registry.Federation],
+                 config: Settings) -> tuple[str | None, bool]:
+    """(why the stack is no admitted, tagged member of ``federation`` any more, or None when it still is; whether
+    the registry revoked it)."""
+    if stack is None or stack["StackStatus"].startswith("DELETE"):
+        return "its stack was deleted", False
+    try:
+        tagged, _ = discovery.membership(stack, config)
+    except InvalidInput:
+        tagged = None
+    if tagged != federation:
+        return (f"its {config.federation_tag_key} tag no longer names {federation}" if tagged is None else
+                f"its {config.federation_tag_key} tag now names {tagged}, not {federation}"), False
+    if federation not in declared:
+        return f"federation {federation} is no longer declared in the registry", True
+    if declared[federation].admission(stack["StackId"]) is None:
+        return f"the registry no longer admits it to {federation}", True
+    return None, False
+
+
+def departed_clusters(clients: ClientFactory, request: SweepRequest, declared: dict[str, registry.Federation],
+                      config: Settings) -> list[TaggedCluster]:
+    """Every cluster this deployment's rules name that is no longer an admitted, tagged member of the federation
+    the rules are of (only ``request.federation``'s when given). Reads only."""
+    regions = config.regions_to_search(config.deployment_region)
+    gone = []
+    for (stack_id, federation), region in sorted(paired_stacks(lambda r: clients("ec2", r), regions,
+                                                               config.deployment_id).items()):
+        if request.federation and federation != request.federation:
+            continue
+        stack = discovery.describe_stack(clients("cloudformation", region), stack_id)
+        if stack is not None and stack["StackStatus"] not in discovery.LIVE_STATUSES and \
+                not stack["StackStatus"].startswith("DELETE"):
+            continue  # being created or rolled back: a later sweep sees how it ends
+        reason, revoked = why_departed(stack, federation, declared, config)
+        if reason:
+            gone.append(TaggedCluster(cluster=v.STACK_ARN.fullmatch(stack_id)["name"], stack_id=stack_id,
+                                      federation=federation, region=region, workflow="unpairing", reason=reason,
+                                      revoked=revoked))
+    return gone
+
+
+def departed_readers(clients: ClientFactory, request: SweepRequest, declared: dict[str, registry.Federation],
+                     config: Settings) -> list[DepartedReaders]:
+    """Per declared federation (only ``request.federation`` when given), the roles its secret lets read the key
+    that no admitted, tagged, live member's head node has. Reads only."""
+    found = []
+    for name, federation in sorted(declared.items()):
+        if request.federation and name != request.federation:
+            continue
+        readers = discovery.secret_readers(clients, name, federation, config)
+        if readers.secret_arn and readers.departed:
+            found.append(DepartedReaders(federation=name, secret_arn=readers.secret_arn, region=readers.region,
+                                         roles=readers.departed))
+    return found
+
+
+def revoke_departed_readers(clients: ClientFactory, request: SweepRequest, config: Settings) -> list[DepartedReaders]:
+    """Without dryRun: take read access from every departed reader, found again now (the sweep's unpairings may
+    have revoked some already). Only ever removes readers, so a pairing running meanwhile loses none of its own
+    but, at worst, a role its SyncMungeKey added in the same instant (its pairing then fails and rolls back)."""
+    declared = {f.name: f for f in registry.federations(clients("ssm", config.deployment_region), config)}
+    revoked = []
+    for found in departed_readers(clients, request, declared, config):
+        munge_secret.revoke_readers(clients("secretsmanager", found.region), found.secret_arn, found.roles,
+                                    config.break_glass_role_arn)
+        logger.warning("revoked the munge key read access of roles no member has",
+                       extra={"federation": found.federation, "roles": found.roles})
+        revoked.append(found.model_copy(update={"revoked": True}))
+    return revoked
 
 
 # ---------------------------------------------------------------- one pairing run per cluster
@@ -195,9 +321,14 @@ def pairing_execution_name(sweep_execution: str, cluster: str) -> str:
 
 
 def start_pairing_run(sfn: Any, pairing_state_machine_arn: str, run: PairingRun) -> PairingRun:
-    """Start the pairing state machine on one cluster with the manual request format (dryRun as the sweep's)."""
+    """Start the pairing state machine on one cluster with the manual request format (dryRun as the sweep's), or,
+    for a departed cluster, the unpairing state machine (``pairing_state_machine_arn`` is then the unpairing's)."""
     name = pairing_execution_name(run.request.execution_name, run.cluster.cluster)
-    pairing_input = {"stackName": run.cluster.cluster, "region": run.cluster.region, "dryRun": run.request.dry_run}
+    pairing_input: dict[str, Any] = {"stackName": run.cluster.cluster, "region": run.cluster.region}
+    if run.cluster.workflow == "pairing":
+        pairing_input["dryRun"] = run.request.dry_run
+    else:  # where its rules say it was paired; a revoked cluster gets nothing run on it, the others rotate
+        pairing_input.update({"federation": run.cluster.federation, "revoked": run.cluster.revoked})
     if run.cluster.stack_id:  # the identity: a same-named stack created meanwhile is another cluster
         pairing_input["stackId"] = run.cluster.stack_id
     try:
@@ -218,8 +349,10 @@ def check_pairing_run(sfn: Any, run: PairingRun) -> dict[str, Any]:
     described = sfn.describe_execution(executionArn=run.execution_arn)
     status = described["status"]
     result = ClusterResult(cluster=run.cluster.cluster, federation=run.cluster.federation, region=run.cluster.region,
-                           status=status, execution_arn=run.execution_arn)
-    if status == "SUCCEEDED":
+                           status=status, workflow=run.cluster.workflow, execution_arn=run.execution_arn)
+    if status == "SUCCEEDED" and run.cluster.workflow == "unpairing":
+        result.plan = {"unpairing": json.loads(described.get("output") or "null"), "stackId": run.cluster.stack_id}
+    elif status == "SUCCEEDED":
         output = json.loads(described.get("output") or "null")
         if isinstance(output, dict) and "alreadyPaired" in output:
             result.plan = output
@@ -303,7 +436,11 @@ def report(given: ReportInput) -> SweepReport:
     in_sync, drifted, repaired = [], [], []
     failed = [FailedCluster(cluster=u.cluster, error=f"not checked: {u.error}") for u in given.unchecked
               if not u.not_admitted]
+    unpaired = []
     for result in given.results:
+        if result.workflow == "unpairing" and result.status == "SUCCEEDED" and result.plan:
+            unpaired.append(str(result.plan.get("stackId")))
+            continue
         if result.status != "SUCCEEDED" or result.plan is None:
             failed.append(FailedCluster(cluster=result.cluster, federation=result.federation,
                                         error=f"{result.error}: {concise(result.cause)}" if result.cause else str(result.error)))
@@ -319,20 +456,19 @@ def report(given: ReportInput) -> SweepReport:
     return SweepReport(
         dry_run=given.request.dry_run,
         federation=given.request.federation,
-        checked=[r.cluster for r in given.results],
+        checked=[r.cluster for r in given.results if r.workflow == "pairing"],
         in_sync=in_sync,
         drifted=drifted,
         repaired=repaired,
         failed=failed,
         not_admitted=[u.error.split(" ", 1)[0] for u in given.unchecked if u.not_admitted],
+        departed=[DepartedLine(cluster=d.cluster, stack_id=d.stack_id or "", federation=d.federation,
+                               reason=d.reason or "") for d in given.departed],
+        unpaired=unpaired,
+        departed_readers=given.departed_readers,
     )
 
 
 def publish(events: Any, bus: str, the_report: SweepReport, execution_name: str) -> None:
     """One "Slurm Federation Drift Report" event on the bus the pairing events go to."""
-    detail = {**the_report.state(), "execution": execution_name}
-    response = events.put_events(Entries=[{
-        "EventBusName": bus, "Source": REPORT_SOURCE, "DetailType": REPORT_DETAIL_TYPE, "Detail": json.dumps(detail),
-    }])
-    if response.get("FailedEntryCount"):
-        raise RuntimeError(f"the drift report event was not accepted: {response['Entries']}")
+    announcements.publish(events, bus, REPORT_DETAIL_TYPE, [{**the_report.state(), "execution": execution_name}])

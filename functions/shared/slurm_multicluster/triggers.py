@@ -119,6 +119,7 @@ class ManualRequest(BaseModel):
     dry_run: bool = Field(default=False, alias="dryRun")
     remove_from_accounting: bool | None = Field(default=None, alias="removeFromAccounting")
     federation: str | None = None  # unpairing a cluster no longer tagged, whose rules are gone too
+    revoked: bool = False  # unpairing a cluster the registry revoked (the sweep): run nothing on it, rotate the rest
 
 
 def _stack_name_from_arn(arn: str) -> tuple[str, str]:
@@ -212,6 +213,8 @@ def _normalize(event: dict[str, Any], execution_name: str, workflow: str, tag_ke
             raise InvalidInput("invalid unpairing request: dryRun is a pairing option")
         if manual.federation is not None and not unpair:
             raise InvalidInput("invalid pairing request: federation is an unpairing option (pairing reads the stack tag)")
+        if manual.revoked and not unpair:
+            raise InvalidInput("invalid pairing request: revoked is an unpairing option")
         if manual.stack_id is not None:
             name, region = _stack_name_from_arn(manual.stack_id)
             if (name, region) != (manual.stack_name, manual.region):
@@ -225,7 +228,7 @@ def _normalize(event: dict[str, Any], execution_name: str, workflow: str, tag_ke
             dry_run=manual.dry_run,
             remove_from_accounting=manual.remove_from_accounting,
             federation=manual.federation,
-            trigger="manual",
+            trigger="revoked" if manual.revoked else "manual",
             execution_name=execution_name,
         )
     except ValidationError as error:

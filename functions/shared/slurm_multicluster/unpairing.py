@@ -31,7 +31,7 @@ ClientFactory = Callable[[str, str], Any]
 # The metric the template's AccountingClusterLostAlarm watches (namespace SlurmMulticluster, dimension service).
 ACCOUNTING_LOST_METRIC = "AccountingClusterLost"
 
-NOT_TERMINATED = ("pending", "running", "stopping", "stopped", "shutting-down")
+NOT_TERMINATED = discovery.NOT_TERMINATED
 STILL_UP = ("pending", "running", "stopping", "stopped")  # an ENI whose groups can still be changed
 
 
@@ -47,6 +47,7 @@ class Departure(StateModel):
     security_group_ids: list[str] = []
     head_node_ip: str | None = None
     head_instance_id: str | None = None  # set while its head node runs (an opt-out; not after a deletion)
+    head_role_arn: str | None = None  # its head node's role, read while the instance exists: the reader to revoke
     is_accounting: bool = False
 
 
@@ -120,6 +121,7 @@ def discover_departure(clients: ClientFactory, request: PairingRequest, config: 
         head_instance_id=(v.require(v.INSTANCE_ID, head["InstanceId"], "instance id")
                           if head and head["State"]["Name"] == "running" else None),
         is_accounting=bool(declared and declared.is_accounting(stack_id)),
+        head_role_arn=discovery.instance_role_arn(clients("iam", region), head) if head else None,
     )
     logger.info("departing cluster", extra={"departure": departure.state()})
     return departure
@@ -152,41 +154,43 @@ def shrink_federation_network(clients: ClientFactory, departure: Departure, rema
                                   departure.federation, remaining, config.deployment_id)
 
 
-def remaining_members(clients: ClientFactory, departure: Departure, config: Settings) -> list[Member]:
-    """The members that stay: live, tagged stacks the registry admits, without the departing one (by StackId: a
-    same-named stack in another region stays). A federation no longer declared has no member left."""
+def remaining_members(clients: ClientFactory, departure: Departure,
+                      config: Settings) -> tuple[list[Member], list[discovery.SkippedMember]]:
+    """(members, skipped): the members that stay, live, tagged stacks the registry admits, without the departing
+    one (by StackId: a same-named stack in another region stays), and the admitted stacks left out. A federation
+    no longer declared has no member left."""
     assert departure.federation
     declared = registry.federation(clients("ssm", config.deployment_region), config, departure.federation)
     if declared is None:
         logger.warning("the federation is no longer declared in the registry: no member remains",
                        extra={"federation": departure.federation})
-        return []
+        return [], []
     stacks = discovery.federation_stacks(clients, config.regions_to_search(departure.region), declared, config)
-    members, _ = discovery.resolvable_members(  # a peer without a head node cannot block a departure
+    return discovery.resolvable_members(  # a peer that does not resolve cannot block a departure
         clients, [(region, stack) for region, stack in stacks if stack["StackId"] != departure.stack_id],
         declared, config)
-    return members
 
 
-def update_secret_access(clients: ClientFactory, departure: Departure, remaining: list[Member], config: Settings) -> dict[str, Any]:
-    """The munge key secret's resource policy names the remaining members' head node roles only."""
+def update_secret_access(clients: ClientFactory, departure: Departure, config: Settings) -> dict[str, Any]:
+    """The munge key secret's readers recomputed as its current readers minus the departing head node's role:
+    readers are only ever taken away here, and no other member needs to be discovered, so nothing else that fails
+    leaves the departed cluster with read access (a member sharing that role loses it too). Its role unknown (its
+    head node already gone), the readers that no admitted, tagged member's head node role accounts for go."""
     assert departure.federation
-    accounting = [m for m in remaining if m.is_accounting]
-    region = accounting[0].region if accounting else departure.region
+    declared = registry.federation(clients("ssm", config.deployment_region), config, departure.federation)
+    if departure.head_role_arn:
+        region, arn, why = discovery.federation_secret(clients, departure.federation, declared, config, departure.region)
+        departing = [departure.head_role_arn]
+    else:
+        found = discovery.secret_readers(clients, departure.federation, declared, config, leaving=departure.stack_id,
+                                         region=departure.region)
+        region, arn, why, departing = found.region, found.secret_arn, found.reason, found.departed
+    if arn is None:
+        return {"secret": None, "readers": [], "reason": why}
     secrets = clients("secretsmanager", region)
-    name = config.munge_key_secret_name(departure.federation)
-    described = munge_secret.describe(secrets, name)
-    if described is None:
-        return {"secret": None, "readers": [], "reason": f"no secret {name} in {region}"}
-    foreign = munge_secret.foreign_reason(described, config)
-    if foreign:  # the pairing refuses such a secret: it never held the key, and it is not ours to change
-        return {"secret": described["ARN"], "readers": [], "reason": f"left alone, not created by this deployment: {foreign}"}
-    arn = described["ARN"]
-    # Only roles that could read before keep reading: a tagged cluster whose pairing failed gains nothing here.
-    could_read = set(munge_secret.current_readers(secrets, arn))
-    staying = [m for m in remaining if m.head_node.role_arn in could_read]
-    readers = munge_secret.set_access(secrets, arn, staying, config.break_glass_role_arn)
-    return {"secret": arn, "readers": readers}
+    could_read = munge_secret.current_readers(secrets, arn)
+    readers = munge_secret.revoke_readers(secrets, arn, departing, config.break_glass_role_arn)
+    return {"secret": arn, "readers": readers, "revoked": sorted(set(departing) & set(could_read))}
 
 
 # The cluster stays (only its federation tag went, or an admin unpaired it by hand): give it back its own accounting.
