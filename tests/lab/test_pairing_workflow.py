@@ -42,8 +42,8 @@ class Pairing:
 def paired(lab_host):
     """alpha (accounting) and beta paired once through the EventBridge rule; beta had a job running."""
     with fresh_lab("pairwf", "10.250.78.0/24", [
-        ClusterSpec("alpha", accounting=True, computes=1),
-        ClusterSpec("beta", computes=1),
+        ClusterSpec("alpha", accounting=True, computes=1, logins=1),
+        ClusterSpec("beta", computes=1, logins=1),
     ]) as lab, lab_cloud(lab, {"alpha": ALPHA_TAGS, "beta": BETA_TAGS}) as cloud:
         queue = events_queue()
         before = {
@@ -88,10 +88,40 @@ def test_jobs_run_across_clusters_in_both_directions(paired):
 
 
 
+def verification_of(cloud: LabCloud, execution_arn: str) -> dict[str, Any]:
+    """What VerifyPairing returned, from the execution's history."""
+    sfn = boto3.client("stepfunctions", region_name=cloud.region)
+    history = sfn.get_execution_history(executionArn=execution_arn, maxResults=1000)["events"]
+    exited = [e["stateExitedEventDetails"] for e in history if e.get("stateExitedEventDetails", {}).get("name") == "VerifyPairing"]
+    return json.loads(exited[-1]["output"])["verification"]
+
+
+def test_verification_proves_it_from_where_users_submit_login_and_compute_nodes_too(paired):
+    checks = verification_of(paired.cloud, paired.result["executionArn"])
+    for cluster, peer in (("beta", "alpha"), ("alpha", "beta")):
+        for where in ("head node", "login node", "compute node"):
+            assert checks[f"{cluster} {where}"]["ok"] is True
+            assert checks[f"{cluster} {where}"]["submit"] == {peer: True}, (cluster, where)
+
+
+def test_users_submit_across_from_login_nodes_and_from_inside_running_jobs(paired):
+    lab = paired.cloud.lab
+    for src, dst in (("alpha", "beta"), ("beta", "alpha")):
+        job = submit(lab, f"{src}-login-1", f"--clusters={dst}", "--wrap", "hostname")
+        assert wait_job_completed_on(lab, f"{src}-login-1", dst, job)["NodeList"] == f"{dst}-compute-1"
+        # a pipeline: a job on src's compute node submits its next step to dst
+        outer = submit(lab, f"{src}-login-1", "--chdir=/tmp", "--output=/tmp/outer-%j.out", "--wrap",
+                       f"sbatch --parsable --clusters={dst} --wrap hostname")
+        assert wait_job_completed(lab, f"{src}-head", outer)["NodeList"] == f"{src}-compute-1"
+        inner = lab.exec(f"{src}-compute-1", ["cat", f"/tmp/outer-{outer}.out"], check=True).stdout.strip()
+        assert inner.endswith(f";{dst}"), inner
+        assert wait_job_completed_on(lab, f"{src}-head", dst, int(inner.split(";")[0]))["NodeList"] == f"{dst}-compute-1"
+
+
 def test_every_node_of_the_new_member_runs_the_federation_key(paired):
     lab = paired.cloud.lab
     federation = sha256(lab, "alpha-head", KEY)
-    for node, path in (("beta-head", KEY), ("beta-head", SHARED_KEY), ("beta-compute-1", KEY)):
+    for node, path in (("beta-head", KEY), ("beta-head", SHARED_KEY), ("beta-compute-1", KEY), ("beta-login-1", KEY)):
         assert sha256(lab, node, path) == federation, f"{node}:{path}"
     assert lab.node_states("beta")["beta-compute-1"].rstrip("*") in ("idle", "mixed", "allocated")
 

@@ -340,7 +340,9 @@ def point_accounting(clients: ClientFactory, the_plan: Plan, members: list[Membe
 def verify(clients: ClientFactory, the_plan: Plan, members: list[Member], config: Settings) -> dict[str, Any]:
     """Prove the pairing works: accounting lists both, submissions work both ways, munge keys agree, nodes up.
 
-    The checks on the two head nodes run side by side (commands in flight together), three rounds in all.
+    Users submit from login nodes and from jobs on compute nodes, not from head nodes: the checks run on each
+    cluster's head node, on one of its login nodes and on one of its compute nodes (where it has them running),
+    all commands in flight together, then munge credentials go round the head nodes.
     """
     new = _member(members, the_plan.stack_id)
     accounting = _member(members, the_plan.accounting_stack_id)
@@ -351,14 +353,15 @@ def verify(clients: ClientFactory, the_plan: Plan, members: list[Member], config
         peers[accounting.cluster_name] = [new.slurm.cluster_name]
     checks: dict[str, Any] = {}
     in_flight = {
-        name: node_commands.send_script(
-            clients("ssm", member.region), [member.head_node.instance_id], "verify-member.sh",
+        f"{name} {where}": node_commands.send_script(
+            clients("ssm", member.region), [instance_id], "verify-member.sh",
             {"Peers": ",".join(peers[name]), "Deadline": str(deadline)},
             timeout_seconds=deadline + 60,
-            comment=f"slurm-multicluster: verify {name} reaches {', '.join(peers[name])}",
+            comment=f"slurm-multicluster: verify {name} reaches {', '.join(peers[name])} from its {where}",
         )
         for name, member in ((new.cluster_name, new), (accounting.cluster_name, accounting))
         if peers.get(name)
+        for where, instance_id in submit_hosts(member).items()
     }
     for name, sent in in_flight.items():
         result = node_commands.collect(sent)[sent.instance_ids[0]]
@@ -368,6 +371,17 @@ def verify(clients: ClientFactory, the_plan: Plan, members: list[Member], config
     if accounting.stack_id != new.stack_id:
         checks["munge"] = _munge_round_trips(clients, [new, accounting])
     return checks
+
+
+def submit_hosts(member: Member) -> dict[str, str]:
+    """Where the member's users submit from, one of each kind it has running: its head node, a login node and a
+    compute node (a job submitting to a peer). Each must reach slurmdbd and the peers' slurmctld ports."""
+    hosts = {"head node": member.head_node.instance_id}
+    if member.login_instance_ids:
+        hosts["login node"] = member.login_instance_ids[0]
+    if member.compute_instance_ids:
+        hosts["compute node"] = member.compute_instance_ids[0]
+    return hosts
 
 
 def verification_peers(new: Member, accounting: Member, members: list[Member]) -> list[str]:

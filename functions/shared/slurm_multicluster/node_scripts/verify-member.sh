@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# verify-member.sh: prove this head node's cluster works as a member of the Slurm multi-cluster.
+# verify-member.sh: prove this node's cluster works as a member of the Slurm multi-cluster, from here.
+# Runs on a head node, a login node or a compute node (users submit from all three): each must reach the
+# federation's slurmdbd and every peer's slurmctld, with the federation munge key.
 #
 # Usage: verify-member.sh --peers NAME[,NAME...] --deadline SECONDS [--interval SECONDS]
 #   --peers NAMES        the Slurm ClusterNames of the other members to check
