@@ -1,4 +1,5 @@
-"""ReleaseFederationLease: give the federation back (on the success and the failure path alike)."""
+"""ReleaseFederationLease: give the federation back (on the success and the failure path alike), only if this
+execution still holds it with the fencing token it acquired."""
 
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
@@ -12,6 +13,7 @@ from slurm_multicluster.settings import settings
 def lambda_handler(request: lease.LeaseRequest, context: LambdaContext) -> dict:
     config = settings()
     released = lease.release(
-        client("dynamodb", config.deployment_region), config.federation_lease_table, request.federation, request.holder
+        client("dynamodb", config.deployment_region), config.federation_lease_table, request.federation, request.holder,
+        request.fencing_token,
     )
     return {"released": released}

@@ -4,10 +4,10 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from slurm_multicluster import rotation
 from slurm_multicluster.aws import client
-from slurm_multicluster.lambda_step import pairing_step
+from slurm_multicluster.lambda_step import leased_step
 from slurm_multicluster.settings import settings
 
 
-@pairing_step(rotation.MemberStep)
+@leased_step(rotation.MemberStep)
 def lambda_handler(step: rotation.MemberStep, context: LambdaContext) -> dict:
     return rotation.stage_member(client, step, settings()).state()

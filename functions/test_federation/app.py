@@ -6,14 +6,14 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from slurm_multicluster import rotation
 from slurm_multicluster.aws import client
-from slurm_multicluster.lambda_step import pairing_step
+from slurm_multicluster.lambda_step import leased_step
 from slurm_multicluster.settings import settings
 
 metrics = Metrics()
 
 
 @metrics.log_metrics
-@pairing_step(rotation.FederationCheck)
+@leased_step(rotation.FederationCheck)
 def lambda_handler(check: rotation.FederationCheck, context: LambdaContext) -> dict:
     metrics.add_dimension(name="Federation", value=check.request.federation)
     try:

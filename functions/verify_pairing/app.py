@@ -6,7 +6,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from slurm_multicluster import pairing
 from slurm_multicluster.aws import client
-from slurm_multicluster.lambda_step import pairing_step
+from slurm_multicluster.lambda_step import leased_step
 from slurm_multicluster.settings import settings
 from slurm_multicluster.state import PairingState
 
@@ -14,7 +14,7 @@ metrics = Metrics()
 
 
 @metrics.log_metrics
-@pairing_step(PairingState)
+@leased_step(PairingState)
 def lambda_handler(state: PairingState, context: LambdaContext) -> dict:
     plan = state.planned()
     metrics.add_dimension(name="Federation", value=plan.federation)

@@ -1,7 +1,9 @@
-"""One change at a time per federation, as the pairing state machine holds it: the real pairing ASL in moto, the
-real handlers in-process, the real lease table. SSM reaches no node here, so every pairing ends at
+"""One change at a time per federation, as the state machines hold it: the real ASL in moto, the real handlers
+in-process, the real lease table. In the first tests SSM reaches no node, so every pairing ends at
 ReadSlurmSettings, the first step after the lease; that is enough to see who got the lease, when, and that it
-was given back. (A rotation refused while a pairing holds the lease: tests/workflow/test_rotation_protocol.py.)"""
+was given back. (A rotation refused while a pairing holds the lease: tests/workflow/test_rotation_protocol.py.)
+The last ones show the fencing token: an execution that lost the lease (expired, taken over by a newer token, or
+too short for its next step) changes nothing more, rolls nothing back over the new holder, and fails LeaseLost."""
 
 from __future__ import annotations
 
@@ -17,6 +19,8 @@ from moto.stepfunctions.parser.asl.component.common.retry import retrier_decl
 from lab import cloud
 from slurm_multicluster import lease
 from workflow.conftest import FEDERATION_TAGS, REGION
+from workflow.test_pairing_secret import pairing_aws  # noqa: F401 (the fixture)
+from workflow.test_rotation_protocol import rotation_aws, states  # noqa: F401 (the fixture)
 
 FEDERATION = FEDERATION_TAGS["slurm-multicluster:federation"]
 LEASE_TABLE = "slurm-multicluster-FederationLeaseTable"  # cloud.deploy names tables <stack>-<logical id>
@@ -60,6 +64,10 @@ def _dynamodb():
 def _lease_item() -> dict[str, Any] | None:
     return _dynamodb().get_item(TableName=LEASE_TABLE, Key={"federation": {"S": FEDERATION}},
                                 ConsistentRead=True).get("Item")
+
+
+def _live_lease() -> dict[str, Any] | None:
+    return lease.holder_of(_dynamodb(), LEASE_TABLE, FEDERATION)
 
 
 def _start_pairing(moto_aws, cluster) -> str:
@@ -128,7 +136,8 @@ def test_a_lease_left_by_a_crashed_execution_expires_and_the_next_change_proceed
     states = cloud.state_names(arn, REGION)
     assert states.index("AcquireFederationLease") < states.index("ReadSlurmSettings")
     assert result["status"] == "FAILED" and result["error"] == "ReadSlurmSettingsFailed"  # no node answers SSM
-    assert _lease_item() is None  # released on the failure path; the crashed holder's item is gone too
+    assert _live_lease() is None  # released on the failure path
+    assert int(_lease_item()["fencingToken"]["N"]) == 1  # the crashed holder's item had no token: the first is 1
 
 
 def test_a_live_lease_makes_the_pairing_wait_then_it_proceeds_when_the_holder_releases(moto_aws, members, retry_waits):
@@ -155,4 +164,93 @@ def test_a_live_lease_makes_the_pairing_wait_then_it_proceeds_when_the_holder_re
     states = cloud.state_names(arn, REGION)
     assert states.index("AcquireFederationLease") < states.index("ReadSlurmSettings")
     assert result["status"] == "FAILED" and result["error"] == "ReadSlurmSettingsFailed"  # no node answers SSM
-    assert _lease_item() is None
+    assert _live_lease() is None
+    assert held_lease(arn)["fencingToken"] == 2  # the next token after the holder it waited for
+
+
+# ---------------------------------------------------------------- the fencing token: a holder that lost the lease
+
+
+def _expire_lease() -> None:
+    """The lease's holder outlived it (as an execution running longer than FederationLeaseSeconds would)."""
+    _dynamodb().update_item(TableName=LEASE_TABLE, Key={"federation": {"S": FEDERATION}},
+                            UpdateExpression="SET expiresAt = :past",
+                            ExpressionAttributeValues={":past": {"N": str(int(time.time()) - 1)}})
+
+
+def _pause_script_on(nodes, script: str, *node_names: str) -> tuple[threading.Event, threading.Event]:
+    """The first run of ``script`` on each of ``node_names`` waits until the test lets it go; ``paused`` is set
+    once all of them wait (an execution paused between the steps that only read)."""
+    handler_name = "_" + script.removesuffix(".sh").replace("-", "_")
+    run = getattr(nodes, handler_name)
+    paused, go, waiting, lock = threading.Event(), threading.Event(), set(), threading.Lock()
+
+    def pausing(node, args):
+        with lock:
+            first = node.name in node_names and node.name not in waiting
+            waiting.update({node.name} if first else set())
+            if waiting == set(node_names):
+                paused.set()
+        if first:
+            go.wait(60)
+        return run(node, args)
+
+    setattr(nodes, handler_name, pausing)  # the simulator dispatches on the script's name (simulated_nodes.execute)
+    return paused, go
+
+
+def _scripts(nodes, since: int = 0) -> list[str]:
+    return [script for _, _, script in nodes.calls[since:]]
+
+
+def test_a_rotation_whose_lease_expired_changes_nothing_and_the_next_holders_rotation_stands(rotation_aws):  # noqa: F811
+    aws = rotation_aws
+    paused, go = _pause_script_on(aws.federation, "discover-slurm.sh", "alpha-head", "beta-head", "gamma-head")
+    stale = aws.start()
+    assert paused.wait(60), "the first rotation never read its members' settings"
+    _expire_lease()
+
+    fresh = aws.rotate()  # takes the expired lease over with the next fencing token, and rotates
+    assert fresh["status"] == "SUCCEEDED", fresh.get("cause")
+    keys, labels, calls = aws.node_keys(), aws.labels(), len(aws.federation.calls)
+    go.set()
+    result = cloud.wait_for_execution(stale, REGION, timeout=120)
+
+    assert (result["status"], result["error"]) == ("FAILED", "LeaseLost")
+    assert f"taken over: rotation {fresh['executionArn'].rsplit(':', 1)[1]} held it with fencing token 2" \
+        in result["cause"]
+    # after the reads it was paused in (they see the fresh key everywhere, so its prerequisites pass): no script
+    assert _scripts(aws.federation, calls) == []
+    assert aws.node_keys() == keys and set(keys.values()) == {json.loads(fresh["output"])["sha256"]}
+    assert aws.labels() == labels  # no pending key created, none discarded, AWSCURRENT is the fresh rotation's
+    order = states(result)
+    assert "CreatePendingKey" in order and "RollBackToPreviousKey" not in order and "DiscardPendingKey" not in order
+    assert order[-3:] == ["WasTheLeaseLost", "PublishRotationLeaseLost", "RotationFailed"]
+    item = _lease_item()  # the fresh rotation released its lease; the stale one's release changed nothing
+    assert (item["holder"]["S"], item["fencingToken"]["N"], item["expiresAt"]["N"]) == (
+        fresh["executionArn"].rsplit(":", 1)[1], "2", "0")
+
+
+def test_a_pairing_that_lost_its_lease_changes_nothing_and_leaves_the_new_holder_alone(pairing_aws):  # noqa: F811
+    aws = pairing_aws
+    queue = cloud.events_queue(REGION)
+    beta_keys = {n.name: n.key_sha for n in aws.nodes.of("beta")}
+    paused, go = _pause_script_on(aws.nodes, "discover-slurm.sh", "beta-head")
+    arn = cloud.route_event(aws.deployment, cloud.stack_status_event(aws.clusters["beta"].stack_id, "CREATE_COMPLETE", REGION))
+    assert paused.wait(60), "the pairing never read beta's settings"
+    _expire_lease()
+    lease.acquire(_dynamodb(), LEASE_TABLE, FEDERATION, "rotation-of-hpc", "rotation", 3600)
+    go.set()
+
+    result = cloud.wait_for_execution(arn, REGION, timeout=120)
+
+    assert (result["status"], result["error"]) == ("FAILED", "LeaseLost")
+    assert "rotation rotation-of-hpc holds it with fencing token 2" in result["cause"]
+    assert set(_scripts(aws.nodes)) == {"discover-slurm.sh"}  # only the reads, before the lease was lost
+    assert _rules_added_by_us() == []
+    assert {n.name: n.key_sha for n in aws.nodes.of("beta")} == beta_keys
+    order = cloud.state_names(arn, REGION)
+    assert "AuthorizeIngress" in order and "SyncMungeKey" not in order and "RestoreNodeBackups" not in order
+    assert _lease_item()["holder"]["S"] == "rotation-of-hpc" and _live_lease()["fencingToken"] == 2
+    failed = [e["detail"] for e in cloud.published(queue, REGION) if e["detail-type"] == "Slurm Cluster Pairing Failed"]
+    assert [(d["error"], d["outcome"]) for d in failed] == [("LeaseLost", "not rolled back: lease lost")]

@@ -58,8 +58,10 @@ class RotationAws:
         return sha256(base64.b64decode(value["SecretString"]))
 
     def lease(self) -> dict[str, Any] | None:
-        return boto3.client("dynamodb", region_name=REGION).get_item(
-            TableName=LEASE_TABLE, Key={"federation": {"S": FEDERATION}}).get("Item")
+        """The federation's lease item while someone holds it (a released one keeps its item, expiresAt 0)."""
+        item = boto3.client("dynamodb", region_name=REGION).get_item(
+            TableName=LEASE_TABLE, Key={"federation": {"S": FEDERATION}}, ConsistentRead=True).get("Item")
+        return item if item and int(item["expiresAt"]["N"]) >= time.time() else None
 
     def node_keys(self) -> dict[str, str]:
         return {n.name: n.key_sha for n in self.federation.nodes.values()}

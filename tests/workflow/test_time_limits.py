@@ -12,6 +12,7 @@ import boto3
 import pytest
 
 from lab import cloud
+from slurm_multicluster import lease
 from workflow.conftest import REGION
 from workflow.test_pairing_secret import FEDERATION, pairing_aws  # noqa: F401 (the fixture)
 
@@ -56,8 +57,7 @@ def test_a_verification_that_times_out_rolls_the_pairing_back_and_releases_the_l
             < states.index("RestoreSecretAccess") < states.index("ReleaseFederationLease")
             < states.index("PublishPairingFailed"))
     assert aws.nodes.head("beta").key_sha == beta_sha  # its nodes are rolled back
-    assert "Item" not in boto3.client("dynamodb", region_name=REGION).get_item(
-        TableName=_lease_table(aws), Key={"federation": {"S": FEDERATION}})
+    assert lease.holder_of(boto3.client("dynamodb", region_name=REGION), _lease_table(aws), FEDERATION) is None
 
 
 def test_the_lambda_left_waiting_gives_up_before_its_timeout_and_cancels_the_command(verification_never_ends):

@@ -8,6 +8,7 @@ import boto3
 import pytest
 
 from lab import cloud
+from slurm_multicluster import lease
 from workflow.conftest import FEDERATION_TAGS, REGION
 
 
@@ -129,4 +130,4 @@ def test_a_failed_pairing_gives_the_federation_back(moto_aws):
     assert states.index("AcquireFederationLease") < states.index("ReleaseFederationLease")
     table = boto3.client("dynamodb", region_name=REGION).list_tables()["TableNames"]
     leases = [n for n in table if "FederationLease" in n]
-    assert leases and boto3.client("dynamodb", region_name=REGION).scan(TableName=leases[0])["Items"] == []
+    assert leases and lease.holder_of(boto3.client("dynamodb", region_name=REGION), leases[0], "hpc") is None
