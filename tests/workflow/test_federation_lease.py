@@ -21,6 +21,7 @@ from slurm_multicluster import lease
 from workflow.conftest import FEDERATION_TAGS, REGION
 from workflow.test_pairing_secret import pairing_aws  # noqa: F401 (the fixture)
 from workflow.test_rotation_protocol import rotation_aws, states  # noqa: F401 (the fixture)
+from workflow.test_unpairing_workflow import _secret_readers, federation, route  # noqa: F401 (the fixtures)
 
 FEDERATION = FEDERATION_TAGS["slurm-multicluster:federation"]
 LEASE_TABLE = "slurm-multicluster-FederationLeaseTable"  # cloud.deploy names tables <stack>-<logical id>
@@ -231,6 +232,35 @@ def test_a_rotation_whose_lease_expired_changes_nothing_and_the_next_holders_rot
         fresh["executionArn"].rsplit(":", 1)[1], "2", "0")
 
 
+def test_a_rotation_that_lost_its_lease_mid_switch_does_not_roll_back_over_the_new_holder(rotation_aws):  # noqa: F811
+    aws = rotation_aws
+    queue = cloud.events_queue(REGION)
+    aws.federation.switch_gate = threading.Event()
+    aws.federation.fail[("gamma-head", "install-munge-key.sh")] = "slurmctld did not come back after the key change"
+    arn = aws.start()
+    assert aws.federation.switch_started.wait(60), "the rotation never reached SwitchMembers"
+    # The rotation outlives its lease and a pairing takes it over, in one write (no step may see it merely expired).
+    after_expiry = int(aws.lease()["expiresAt"]["N"]) + 1
+    newer = lease.acquire(_dynamodb(), LEASE_TABLE, FEDERATION, "pairing-of-delta", "pairing", 3600, now=after_expiry)
+    labels = aws.labels()
+    aws.federation.switch_gate.set()
+
+    result = cloud.wait_for_execution(arn, REGION, timeout=120)
+
+    assert (result["status"], result["error"]) == ("FAILED", "LeaseLost")
+    assert "pairing pairing-of-delta holds it with fencing token 2" in result["cause"] and "NOT ROLLED BACK" in result["cause"]
+    assert "restore-backup.sh" not in _scripts(aws.federation)  # no rollback raced the new holder
+    assert aws.labels() == labels  # the pending key was not discarded either
+    order = states(result)
+    assert order.index("SwitchMembersFailed") < order.index("RollBackToPreviousKey") < order.index("LeaseLost") \
+        < order.index("ReportLeaseLost") < order.index("ReleaseFederationLease")
+    assert "TestFederationOnPreviousKey" not in order and "DiscardPendingKey" not in order
+    assert aws.lease()["holder"]["S"] == "pairing-of-delta"  # the new holder's lease is intact
+    assert lease.holder_of(_dynamodb(), LEASE_TABLE, FEDERATION)["fencingToken"] == newer.fencing_token
+    failed = [e["detail"] for e in cloud.published(queue, REGION) if e["detail-type"] == "Slurm Munge Key Rotation Failed"]
+    assert [(d["error"], d["outcome"]) for d in failed] == [("LeaseLost", "not rolled back: lease lost")]
+
+
 def test_a_pairing_that_lost_its_lease_changes_nothing_and_leaves_the_new_holder_alone(pairing_aws):  # noqa: F811
     aws = pairing_aws
     queue = cloud.events_queue(REGION)
@@ -254,3 +284,26 @@ def test_a_pairing_that_lost_its_lease_changes_nothing_and_leaves_the_new_holder
     assert _lease_item()["holder"]["S"] == "rotation-of-hpc" and _live_lease()["fencingToken"] == 2
     failed = [e["detail"] for e in cloud.published(queue, REGION) if e["detail-type"] == "Slurm Cluster Pairing Failed"]
     assert [(d["error"], d["outcome"]) for d in failed] == [("LeaseLost", "not rolled back: lease lost")]
+
+
+def test_an_unpairing_whose_lease_would_lapse_during_a_step_changes_nothing_under_it(moto_aws, federation, route):  # noqa: F811
+    functions = boto3.client("lambda", region_name=REGION)
+    acquire = moto_aws.deployment.functions["AcquireFederationLeaseFunction"]
+    env = functions.get_function_configuration(FunctionName=acquire)["Environment"]["Variables"]
+    # shorter than UpdateSecretAccess's 60 s step, the first under the lease (the template's MinValue forbids
+    # this; the check must not rely on it)
+    functions.update_function_configuration(FunctionName=acquire, Environment={
+        "Variables": {**env, "FEDERATION_LEASE_SECONDS": "60"}})
+    readers = _secret_readers()
+
+    result = route(cloud.stack_status_event(federation["beta"].stack_id, "DELETE_IN_PROGRESS", REGION))[
+        cloud.UNPAIRING_STATE_MACHINE]
+
+    assert (result["status"], result["error"]) == ("FAILED", "LeaseLost")
+    assert "before this step could end" in result["cause"]
+    assert _secret_readers() == readers  # UpdateSecretAccess changed nothing (the sweep revokes it later)
+    order = cloud.state_names(result["executionArn"], REGION)
+    assert order[order.index("AcquireFederationLease"):] == [
+        "AcquireFederationLease", "UpdateSecretAccess", "LeaseLost", "ReleaseFederationLease", "HowDidTheUnpairingEnd", "PublishUnpairingFailed",
+        "UnpairingFailed"]
+    assert _live_lease() is None  # still its own: released, not left to expire

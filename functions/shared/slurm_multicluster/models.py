@@ -89,7 +89,6 @@ class SlurmSettings(StateModel):
         """The shared munge key copies that do not hold the key with this fingerprint (missing ones included)."""
         return [entry.split("=", 1)[0] for entry in self.shared_munge_keys if entry.split("=", 1)[1] != sha256]
 
-
     def control_hosts(self) -> dict[str, str]:
         """ClusterName -> ControlHost registered in this node's slurmdbd ("" when not connected)."""
         return dict(entry.split("=", 1) for entry in self.registered_clusters if "=" in entry)

@@ -28,7 +28,6 @@ SHA256 = re.compile(r"^[0-9a-f]{64}$")
 # "<file>=<sha256>" of a shared munge key copy, "<file>=" for a shared dir without one (discover-slurm.sh)
 SHARED_MUNGE_KEY = re.compile(r"^/[A-Za-z0-9._/+@-]{1,255}=([0-9a-f]{64})?$")
 PORT_RANGE = re.compile(r"^(?P<low>\d{1,5})(-(?P<high>\d{1,5}))?$")
-PORT_RANGE = re.compile(r"^(?P<low>\d{1,5})(-(?P<high>\d{1,5}))?$")
 MUNGE_CREDENTIAL = re.compile(r"^MUNGE:[A-Za-z0-9+/=]+:$")
 
 
