@@ -51,6 +51,33 @@ def our_rules(region: str = "us-east-1") -> list[dict[str, Any]]:
         Filters=[{"Name": "tag:slurm-multicluster:federation", "Values": [FEDERATION]}])["SecurityGroupRules"]
 
 
+def eni_groups(instance_id: str, region: str = "us-east-1") -> set[str]:
+    """The security groups on an instance's network interface (where the pairing attaches the federation group)."""
+    interfaces = boto3.client("ec2", region_name=region).describe_network_interfaces(
+        Filters=[{"Name": "attachment.instance-id", "Values": [instance_id]}])["NetworkInterfaces"]
+    return {g["GroupId"] for eni in interfaces for g in eni["Groups"]}
+
+
+def rule_sources(rules: list[dict[str, Any]]) -> dict[str, list[tuple[tuple[int, int], str]]]:
+    """Target group -> sorted [((from port, to port), source group or prefix list)] of our rules."""
+    by_target: dict[str, list[tuple[tuple[int, int], str]]] = {}
+    for r in rules:
+        source = r.get("ReferencedGroupInfo", {}).get("GroupId") or r.get("PrefixListId") or r.get("CidrIpv4")
+        by_target.setdefault(r["GroupId"], []).append(((r["FromPort"], r["ToPort"]), source))
+    return {group: sorted(sources) for group, sources in by_target.items()}
+
+
+def prefix_list_entries(prefix_list_id: str, region: str) -> list[str]:
+    entries = boto3.client("ec2", region_name=region).get_managed_prefix_list_entries(PrefixListId=prefix_list_id)
+    return sorted(e["Cidr"] for e in entries["Entries"])
+
+
+def subnet_cidr(instance_id: str, region: str) -> str:
+    ec2 = boto3.client("ec2", region_name=region)
+    subnet = ec2.describe_instances(InstanceIds=[instance_id])["Reservations"][0]["Instances"][0]["SubnetId"]
+    return ec2.describe_subnets(SubnetIds=[subnet])["Subnets"][0]["CidrBlock"]
+
+
 def sacctmgr_clusters(lab: Lab, node: str) -> dict[str, str]:
     out = lab.exec(node, ["sacctmgr", "-nP", "show", "clusters", "format=cluster,controlhost"], check=True).stdout
     return dict(line.split("|")[:2] for line in out.splitlines() if line.strip())

@@ -132,9 +132,9 @@ def test_the_sweep_reports_and_repairs_drift(paired_then_drifted):
     assert report["inSync"] == ["alpha"] and report["failed"] == []
     assert sweep_metrics(metrics) == {"DriftedClusters": 1.0, "RepairedClusters": 1.0, "FailedRepairs": 0.0}
     assert f"AccountingStorageHost={alpha_ip}" in lab.exec("beta-head", ["cat", ACCOUNTING_CONF], check=True).stdout
-    restored = [r for r in our_rules() if (r["GroupId"], r["FromPort"], r["ToPort"]) ==
-                (revoked["GroupId"], revoked["FromPort"], revoked["ToPort"])]
-    assert len(restored) == 1 and restored[0]["ReferencedGroupInfo"] == revoked["ReferencedGroupInfo"]
+    restored = [r for r in our_rules() if (r["GroupId"], r["FromPort"], r["ToPort"], r["ReferencedGroupInfo"]["GroupId"])
+                == (revoked["GroupId"], revoked["FromPort"], revoked["ToPort"], revoked["ReferencedGroupInfo"]["GroupId"])]
+    assert len(restored) == 1
     assert len(our_rules()) == len(rules_left) + 1
     assert slurmctld_starts(lab, "beta-head") == starts + 1
     assert (daemon(lab, "beta-head", "munge"), daemon(lab, "beta-compute-1", "slurmd")) == (

@@ -11,9 +11,8 @@ from lab import ClusterSpec
 from lab.bridge import lab_cloud
 from lab_helpers import sha256, submit, wait_job_completed
 from pairing_helpers import (
-    events_queue, published,
-    ACCOUNTING_CONF, ALPHA_TAGS, BETA_TAGS, KEY, SHARED_KEY, daemon, fresh_lab,
-    our_rules, run_logged, wait_job_completed_on,
+    ACCOUNTING_CONF, ALPHA_TAGS, BETA_TAGS, KEY, SHARED_KEY, daemon, eni_groups, events_queue, fresh_lab, our_rules,
+    prefix_list_entries, published, run_logged, subnet_cidr, wait_job_completed_on,
 )
 
 pytestmark = pytest.mark.lab
@@ -35,8 +34,20 @@ def test_dry_run_returns_the_plan_and_changes_nothing(two_clusters):
         plan = json.loads(result["output"])
         assert plan["mungeKey"]["installOnHead"] is True
         assert plan["accounting"]["host"] == lab.head("alpha").ip and plan["accounting"]["change"] is True
-        assert len(plan["ingressRules"]) == 3
+        alpha, beta = cloud.clusters["alpha"], cloud.clusters["beta"]
+        # Each head node group: one rule from the federation group (still to be created), one from the peer's
+        # node group (its compute nodes do not carry the federation group yet).
+        assert sorted((r["groupId"], r["fromPort"], r["toPort"], r["sourceKind"], r.get("sourceGroupId"))
+                      for r in plan["ingressRules"]) == sorted([
+            (alpha.security_group_id, 6819, 6829, "federation-group", None),
+            (alpha.security_group_id, 6819, 6829, "group", beta.security_group_id),
+            (beta.security_group_id, 6820, 6829, "federation-group", None),
+            (beta.security_group_id, 6820, 6829, "group", alpha.security_group_id),
+        ])
         assert our_rules() == []
+        assert eni_groups(alpha.head_instance_id) == {alpha.security_group_id} and eni_groups(beta.head_instance_id) == {beta.security_group_id}
+        assert [g["GroupName"] for g in boto3.client("ec2", region_name=cloud.region).describe_security_groups()[
+            "SecurityGroups"] if g["GroupName"].startswith("slurm-multicluster-")] == []
         assert boto3.client("secretsmanager", region_name=cloud.region).list_secrets()["SecretList"] == []
     assert (sha256(lab, "beta-head", KEY), sha256(lab, "beta-compute-1", KEY)) == keys
     assert lab.exec("beta-head", ["cat", ACCOUNTING_CONF]).stdout == conf
@@ -82,11 +93,18 @@ def test_member_in_another_region_is_paired_through_ip_rules(two_clusters):
     with lab_cloud(lab, {"alpha": ALPHA_TAGS, "beta": BETA_TAGS}, cluster_regions={"beta": "eu-west-1"}) as cloud:
         result, _ = run_logged(cloud, cloud.event_for("beta"))
         assert result["status"] == "SUCCEEDED", result.get("cause")
-        on_alpha, on_beta = our_rules("us-east-1"), our_rules("eu-west-1")
-        # Security group references do not cross regions: each side admits the peer head node's /32.
-        assert {r["CidrIpv4"] for r in on_alpha} == {f"{lab.head('beta').ip}/32"}
-        assert {r["CidrIpv4"] for r in on_beta} == {f"{lab.head('alpha').ip}/32"}
-        assert not any(r.get("ReferencedGroupInfo") for r in on_alpha + on_beta)
+        alpha, beta = cloud.clusters["alpha"], cloud.clusters["beta"]
+        # Security group references do not cross regions: each side admits the other region's member subnets
+        # through its federation prefix list (and its own VPC's federation group, which only its head carries).
+        for region, member, peer, peer_region in (("us-east-1", alpha, beta, "eu-west-1"),
+                                                  ("eu-west-1", beta, alpha, "us-east-1")):
+            rules = our_rules(region)
+            assert {r["GroupId"] for r in rules} == {member.security_group_id}
+            assert not any(r.get("CidrIpv4") for r in rules)
+            [listed] = [r["PrefixListId"] for r in rules if r.get("PrefixListId")]
+            assert prefix_list_entries(listed, region) == [subnet_cidr(peer.head_instance_id, peer_region)]
+            [own] = [r["ReferencedGroupInfo"]["GroupId"] for r in rules if r.get("ReferencedGroupInfo")]
+            assert eni_groups(member.head_instance_id, region) == {member.security_group_id, own}
     job = submit(lab, "alpha-head", "--clusters=beta", "--wrap", "hostname")
     assert wait_job_completed_on(lab, "alpha-head", "beta", job)["NodeList"] == "beta-compute-1"
 

@@ -15,8 +15,8 @@ from lab import cloud as aws_harness
 from lab.bridge import LabCloud, lab_cloud
 from lab_helpers import sha256, submit, wait_job_completed, wait_until
 from pairing_helpers import (
-    ACCOUNTING_CONF, ALPHA_TAGS, BETA_TAGS, KEY, SHARED_KEY, assert_absent, daemon, events_queue, fresh_lab,
-    key_bytes, our_rules, published, run_logged, sacctmgr_clusters, wait_job_completed_on,
+    ACCOUNTING_CONF, ALPHA_TAGS, BETA_TAGS, KEY, SHARED_KEY, assert_absent, daemon, eni_groups, events_queue, fresh_lab,
+    key_bytes, our_rules, published, rule_sources, run_logged, sacctmgr_clusters, wait_job_completed_on,
 )
 
 pytestmark = pytest.mark.lab
@@ -142,10 +142,23 @@ def test_a_compute_node_booted_after_pairing_joins_with_the_shared_key(paired):
 
 
 def test_least_privilege_rules_exist_and_are_tagged(paired):
+    cloud = paired.cloud
+    alpha, beta = cloud.clusters["alpha"], cloud.clusters["beta"]
+    # Both head nodes carry the federation's group of their VPC, on top of their own.
+    federation_group = eni_groups(alpha.head_instance_id) - {alpha.security_group_id}
+    assert len(federation_group) == 1 and eni_groups(beta.head_instance_id) - {beta.security_group_id} == federation_group
+    [federation_group] = federation_group
     rules = our_rules()
-    ports = sorted((r["FromPort"], r["ToPort"]) for r in rules)
-    assert ports == [(6819, 6819), (6820, 6829), (6820, 6829)]
-    assert all(r["IpProtocol"] == "tcp" and r.get("ReferencedGroupInfo") for r in rules)
+    # Only the head node groups are opened (a peer's compute nodes get nothing); only the Slurm ports: DbdPort
+    # merged with the SlurmctldPort range on the accounting head, the SlurmctldPort range on the other. Sources:
+    # the federation group, and the peer's node groups that do not carry it yet (login pool, compute nodes).
+    assert rule_sources(rules) == {
+        alpha.security_group_id: sorted([((6819, 6829), federation_group), ((6819, 6829), beta.security_group_id),
+                                         ((6819, 6829), beta.login_security_group_id)]),
+        beta.security_group_id: sorted([((6820, 6829), federation_group), ((6820, 6829), alpha.security_group_id),
+                                        ((6820, 6829), alpha.login_security_group_id)]),
+    }
+    assert all(r["IpProtocol"] == "tcp" and not r["IsEgress"] for r in rules)
 
 
 def test_running_the_workflow_again_changes_nothing(paired):
