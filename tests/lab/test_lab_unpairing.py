@@ -5,6 +5,10 @@ through the pairing workflow first. Deleting gamma's stack (DELETE_IN_PROGRESS) 
 terminates its head node, which the lab stands for by stopping gamma's slurmctld. Then beta opts out (its
 federation tag removed) and goes back to its own slurmdbd; a manual unpairing finally removes it from the
 federation's accounting.
+
+A second lab, with login nodes, shows the paths users submit from closing again: beta opts out of a deployment
+that removes departed members from accounting, and neither alpha's login node nor a job on alpha's compute node
+can `sbatch -M beta` any more (nor beta's towards alpha), while both clusters go on running their own jobs.
 """
 
 from __future__ import annotations
@@ -15,13 +19,14 @@ import re
 import boto3
 import pytest
 
-from lab import ClusterSpec
+from lab import ClusterSpec, Lab
 from lab import cloud as cloud_module
-from lab.bridge import lab_cloud
-from lab_helpers import wait_until
+from lab.bridge import LabCloud, lab_cloud
+from lab.parallelcluster import FEDERATION_TAG
+from lab_helpers import submit, wait_job_completed, wait_until
 from pairing_helpers import (
     ALPHA_TAGS, BETA_TAGS, events_queue, fresh_lab, jobs_in_every_direction, our_rules, published, run_logged,
-    sacctmgr_clusters,
+    sacctmgr_clusters, wait_job_completed_on,
 )
 
 pytestmark = pytest.mark.lab
@@ -129,3 +134,116 @@ def test_member_that_opts_out_goes_back_to_its_own_slurmdbd_and_can_be_removed_f
     again = cloud.unpair("beta", removeFromAccounting=True, federation="hpc")
     assert again["status"] == "SUCCEEDED", again.get("cause")
     assert json.loads(again["output"])["accounting"]["action"] == "none"  # not registered any more: nothing to do
+
+
+# ---------------------------------------------------------------- after an opt-out, users' paths to the peer are closed
+def _opt_out(cloud: LabCloud, cluster: str) -> dict:
+    """The admin removes the federation tag from a running cluster's stack; the tag change starts the unpairing."""
+    mirror = cloud.clusters[cluster]
+    cloudformation = boto3.client("cloudformation", region_name=mirror.region)
+    stack = cloudformation.describe_stacks(StackName=mirror.stack_id)["Stacks"][0]
+    tags = {t["Key"]: t["Value"] for t in stack["Tags"]}
+    kept = {k: v for k, v in tags.items() if k != FEDERATION_TAG}
+    cloudformation.update_stack(StackName=mirror.stack_id, UsePreviousTemplate=True,
+                                Tags=[{"Key": k, "Value": v} for k, v in kept.items()])
+    started = cloud_module.route_event_to_all(cloud.deployment, cloud_module.tag_change_event(
+        mirror.stack_id, mirror.region, [FEDERATION_TAG], kept))
+    return cloud_module.wait_for_execution(started[cloud_module.UNPAIRING_STATE_MACHINE], cloud.region, timeout=600)
+
+
+def _groups_on(instance_id: str, region: str) -> set[str]:
+    """The security groups on an instance's network interfaces (where the pairing attaches the federation group)."""
+    interfaces = boto3.client("ec2", region_name=region).describe_network_interfaces(
+        Filters=[{"Name": "attachment.instance-id", "Values": [instance_id]}])["NetworkInterfaces"]
+    return {g["GroupId"] for eni in interfaces for g in eni["Groups"]}
+
+
+def _sbatch_from_login(lab: Lab, src: str, dst: str):
+    return lab.exec(f"{src}-login-1", ["sbatch", "--parsable", f"--clusters={dst}", "--wrap", "hostname"])
+
+
+def _sbatch_from_a_job(lab: Lab, src: str, dst: str) -> tuple[int, str]:
+    """`sbatch -M dst` run by a job on src's compute node (the job submitted from src's login node): the inner
+    sbatch's exit code and the job's output (sbatch's stdout and stderr). The job itself always completes."""
+    outer = submit(lab, f"{src}-login-1", "--chdir=/tmp", "--output=/tmp/outer-%j.out", "--wrap",
+                   f"sbatch --parsable --clusters={dst} --wrap hostname; echo sbatch-exit=$?")
+    assert wait_job_completed(lab, f"{src}-head", outer, timeout=60)["NodeList"] == f"{src}-compute-1"
+    output = lab.exec(f"{src}-compute-1", ["cat", f"/tmp/outer-{outer}.out"], check=True).stdout
+    exit_code = re.search(r"sbatch-exit=(\d+)", output)
+    assert exit_code, output
+    return int(exit_code.group(1)), output
+
+
+def _runs_its_own_job(lab: Lab, cluster: str) -> None:
+    job = submit(lab, f"{cluster}-login-1", "--wrap", "hostname")
+    assert wait_job_completed(lab, f"{cluster}-head", job, timeout=60)["NodeList"] == f"{cluster}-compute-1"
+
+
+@pytest.fixture(scope="module")
+def paired_with_logins(lab_host):
+    """alpha (accounting) and beta (with a slurmdbd of its own), each with a login node, paired through the
+    workflow in a deployment whose unpairing removes a departed member from the federation's accounting."""
+    clusters = [ClusterSpec("alpha", accounting=True, computes=1, logins=1),
+                ClusterSpec("beta", accounting=True, computes=1, logins=1)]
+    with fresh_lab("unpairpaths", "10.250.86.0/24", clusters) as lab, \
+            lab_cloud(lab, {"alpha": ALPHA_TAGS, "beta": BETA_TAGS},
+                      parameters={"UnpairRemovesAccounting": "true"}) as cloud:
+        result = cloud.run(cloud.event_for("beta"))
+        assert result["status"] == "SUCCEEDED", result.get("cause")
+        yield lab, cloud
+
+
+def test_after_unpairing_login_nodes_and_running_jobs_can_no_longer_submit_to_the_departed_cluster(paired_with_logins):
+    lab, cloud = paired_with_logins
+    beta = cloud.clusters["beta"]
+    beta_groups = {beta.security_group_id, beta.login_security_group_id}
+    beta_instances = [beta.head_instance_id, *beta.compute_instance_ids, *beta.login_instance_ids]
+    # Paired: every path is open (the same probes must fail afterwards, so a refusal is the unpairing's doing).
+    for src, dst in (("alpha", "beta"), ("beta", "alpha")):
+        wait_until(lambda src=src, dst=dst: lab.exec(f"{src}-login-1", [
+            "sbatch", f"--clusters={dst}", "--test-only", "--wrap", "true"]).returncode == 0,
+            60, f"{dst} reachable with sbatch -M from {src}'s login node")
+        submitted = _sbatch_from_login(lab, src, dst)
+        assert submitted.returncode == 0, submitted.stderr
+        wait_job_completed_on(lab, f"{src}-login-1", dst, int(submitted.stdout.strip().split(";")[0]))
+        exit_code, output = _sbatch_from_a_job(lab, src, dst)
+        assert exit_code == 0 and f";{dst}" in output, output
+    assert set(sacctmgr_clusters(lab, "alpha-login-1")) >= {"alpha", "beta"}
+    assert [r for r in our_rules() if r["GroupId"] == beta.security_group_id], "rules into beta's head node group"
+    federation_group = _groups_on(beta.head_instance_id, cloud.region) - {beta.security_group_id}
+    assert len(federation_group) == 1, federation_group
+    [federation_group] = federation_group
+
+    result = _opt_out(cloud, "beta")
+
+    assert result["status"] == "SUCCEEDED", result.get("cause")
+    output = json.loads(result["output"])
+    assert output["detach"]["action"] == "own accounting"  # beta keeps running, on its own slurmdbd
+    assert output["accounting"]["action"] == "removed"
+    # beta is no longer in alpha's accounting, so Slurm itself refuses -M beta: `-M` resolves a cluster there.
+    # "No cluster ... known by database" is that refusal; a member kept in accounting but disconnected (or down)
+    # gets only "'beta' can't be reached now, or it is an invalid entry for --cluster".
+    assert "beta" not in sacctmgr_clusters(lab, "alpha-login-1")
+    assert sacctmgr_clusters(lab, "alpha-login-1").get("alpha") == lab.head("alpha").ip
+    refused = _sbatch_from_login(lab, "alpha", "beta")
+    assert refused.returncode != 0, refused.stdout
+    assert "No cluster 'beta' known by database" in refused.stderr, refused.stderr
+    exit_code, job_output = _sbatch_from_a_job(lab, "alpha", "beta")
+    assert exit_code != 0 and "No cluster 'beta' known by database" in job_output, job_output
+    # And the reverse: beta's login node and jobs now resolve clusters in beta's own slurmdbd, which has no alpha.
+    refused = _sbatch_from_login(lab, "beta", "alpha")
+    assert refused.returncode != 0, refused.stdout
+    assert "No cluster 'alpha' known by database" in refused.stderr, refused.stderr
+    exit_code, job_output = _sbatch_from_a_job(lab, "beta", "alpha")
+    assert exit_code != 0 and "No cluster 'alpha' known by database" in job_output, job_output
+    # Not a dead peer: both clusters run their own jobs, submitted from their login nodes.
+    _runs_its_own_job(lab, "alpha")
+    _runs_its_own_job(lab, "beta")
+    # The network side in moto. The lab does not enforce security groups on real traffic, so "closed" is shown
+    # by Slurm refusing above plus these rules and attachments being gone.
+    assert _touching("beta", our_rules()) == []
+    assert [r for r in our_rules() if r["GroupId"] in beta_groups
+            or r.get("ReferencedGroupInfo", {}).get("GroupId") in beta_groups] == []
+    assert {i: federation_group in _groups_on(i, cloud.region) for i in beta_instances} == dict.fromkeys(
+        beta_instances, False)
+    assert beta.security_group_id in _groups_on(beta.head_instance_id, cloud.region)  # its own group stays
