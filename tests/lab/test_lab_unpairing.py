@@ -25,7 +25,7 @@ from lab.bridge import LabCloud, lab_cloud
 from lab.parallelcluster import FEDERATION_TAG
 from lab_helpers import submit, wait_job_completed, wait_until
 from pairing_helpers import (
-    ALPHA_TAGS, BETA_TAGS, events_queue, fresh_lab, jobs_in_every_direction, our_rules, published, run_logged,
+    ALPHA_TAGS, BETA_TAGS, eni_groups, events_queue, fresh_lab, jobs_in_every_direction, our_rules, published, run_logged,
     sacctmgr_clusters, wait_job_completed_on,
 )
 
@@ -151,13 +151,6 @@ def _opt_out(cloud: LabCloud, cluster: str) -> dict:
     return cloud_module.wait_for_execution(started[cloud_module.UNPAIRING_STATE_MACHINE], cloud.region, timeout=600)
 
 
-def _groups_on(instance_id: str, region: str) -> set[str]:
-    """The security groups on an instance's network interfaces (where the pairing attaches the federation group)."""
-    interfaces = boto3.client("ec2", region_name=region).describe_network_interfaces(
-        Filters=[{"Name": "attachment.instance-id", "Values": [instance_id]}])["NetworkInterfaces"]
-    return {g["GroupId"] for eni in interfaces for g in eni["Groups"]}
-
-
 def _sbatch_from_login(lab: Lab, src: str, dst: str):
     return lab.exec(f"{src}-login-1", ["sbatch", "--parsable", f"--clusters={dst}", "--wrap", "hostname"])
 
@@ -210,7 +203,7 @@ def test_after_unpairing_login_nodes_and_running_jobs_can_no_longer_submit_to_th
         assert exit_code == 0 and f";{dst}" in output, output
     assert set(sacctmgr_clusters(lab, "alpha-login-1")) >= {"alpha", "beta"}
     assert [r for r in our_rules() if r["GroupId"] == beta.security_group_id], "rules into beta's head node group"
-    federation_group = _groups_on(beta.head_instance_id, cloud.region) - {beta.security_group_id}
+    federation_group = eni_groups(beta.head_instance_id, cloud.region) - {beta.security_group_id}
     assert len(federation_group) == 1, federation_group
     [federation_group] = federation_group
 
@@ -244,6 +237,6 @@ def test_after_unpairing_login_nodes_and_running_jobs_can_no_longer_submit_to_th
     assert _touching("beta", our_rules()) == []
     assert [r for r in our_rules() if r["GroupId"] in beta_groups
             or r.get("ReferencedGroupInfo", {}).get("GroupId") in beta_groups] == []
-    assert {i: federation_group in _groups_on(i, cloud.region) for i in beta_instances} == dict.fromkeys(
+    assert {i: federation_group in eni_groups(i, cloud.region) for i in beta_instances} == dict.fromkeys(
         beta_instances, False)
-    assert beta.security_group_id in _groups_on(beta.head_instance_id, cloud.region)  # its own group stays
+    assert beta.security_group_id in eni_groups(beta.head_instance_id, cloud.region)  # its own group stays
