@@ -67,13 +67,23 @@ class ScaleFederation:
     def delete(self, name: str) -> dict[str, Any]:
         """The cluster's stack deletion: DELETE_IN_PROGRESS starts the unpairing (the event reaches the home
         region's rules through the forwarder in the other region); then CloudFormation finishes the deletion."""
+        cluster, result = self.unpair_on_deletion(name)
+        finish_deletion(cluster)
+        return result
+
+    def unpair_on_deletion(self, name: str) -> tuple[ClusterInAws, dict[str, Any]]:
+        """The unpairing DELETE_IN_PROGRESS starts, run to its end while the cluster's nodes still run (CloudFormation
+        has not reached them yet): the departed cluster, no longer a member, and the unpairing's execution."""
         cluster = self.clusters.pop(name)
         event = cloud.stack_status_event(cluster.stack_id, "DELETE_IN_PROGRESS", cluster.region)
         started = cloud.route_event_to_all(self.deployment, event)
-        result = cloud.wait_for_execution(started[cloud.UNPAIRING_STATE_MACHINE], HOME, timeout=300)
-        boto3.client("ec2", region_name=cluster.region).terminate_instances(InstanceIds=cluster.instance_ids)
-        boto3.client("cloudformation", region_name=cluster.region).delete_stack(StackName=cluster.stack_id)
-        return result
+        return cluster, cloud.wait_for_execution(started[cloud.UNPAIRING_STATE_MACHINE], HOME, timeout=300)
+
+
+def finish_deletion(cluster: ClusterInAws) -> None:
+    """What CloudFormation does after DELETE_IN_PROGRESS: the cluster's instances terminated, its stack deleted."""
+    boto3.client("ec2", region_name=cluster.region).terminate_instances(InstanceIds=cluster.instance_ids)
+    boto3.client("cloudformation", region_name=cluster.region).delete_stack(StackName=cluster.stack_id)
 
 
 def federation_group(region: str, vpc_id: str) -> str | None:
