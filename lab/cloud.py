@@ -492,6 +492,17 @@ def _prepare_command(backend: Any, document_name: str | None, sent: dict[str, li
     return render_document(document_name, document.document_type, document.content_json, sent)
 
 
+def _instance_state(account_id: str, region: str, instance_id: str) -> str | None:
+    """moto's EC2 state of an instance ("running", "terminated", ...), None when it does not know it."""
+    from moto.ec2.models import ec2_backends
+
+    for reservation in ec2_backends[account_id][region].all_reservations():
+        for instance in reservation.instances:
+            if instance.id == instance_id:
+                return instance.state
+    return None
+
+
 def _instance_information(account_id: str, region: str, instance_ids: list[str],
                           registered: Callable[[str], bool]) -> list[dict[str, Any]]:
     """DescribeInstanceInformation's list (moto has none): one entry per EC2 instance whose SSM agent is
@@ -575,7 +586,10 @@ def ssm_runs_on(executor: Executor, routable: Callable[[str], bool],
             i for i in listed if not statuses or i["PingStatus"] in statuses]})
 
     def invocation_response(self: Any, instance_id: str, plugin_name: str) -> dict[str, Any]:
-        if not routable(instance_id):
+        # SendCommand refuses instances that are shutting down or terminated (AWS API reference, SendCommand:
+        # InvalidInstanceId, "Invalid states are: Shutting-down and Terminated"); moto sends to them.
+        if not routable(instance_id) or _instance_state(self.account_id, self.backend_region, instance_id) in (
+                "shutting-down", "terminated"):
             raise SSMException("InvalidInstanceId", f"Instances [[{instance_id}]] not in a valid state for account")
         invocation = moto_response(self, instance_id, plugin_name)
         invocation.update(Status="InProgress", StatusDetails="InProgress", ResponseCode=-1)

@@ -154,6 +154,25 @@ def create_cluster(
     return cluster
 
 
+def launch_compute_node(cluster: ClusterInAws, ip: str) -> str:
+    """A compute node ParallelCluster's resume program launched for a queue (in the head node's subnet and
+    group, as create_cluster's); its instance id."""
+    ec2 = boto3.client("ec2", region_name=cluster.region)
+    head = ec2.describe_instances(InstanceIds=[cluster.head_instance_id])["Reservations"][0]["Instances"][0]
+    network = Network(cluster.region, head["VpcId"], head["SubnetId"], "")
+    tags = {"parallelcluster:cluster-name": cluster.name, "parallelcluster:version": PCLUSTER_VERSION,
+            "parallelcluster:node-type": "Compute", "Name": "Compute"}
+    instance_id = _run(cluster.region, network, ip, cluster.security_group_id, tags)
+    cluster.compute_instance_ids.append(instance_id)
+    return instance_id
+
+
+def terminate_node(cluster: ClusterInAws, instance_id: str) -> None:
+    """ParallelCluster scales a compute node down (idle past ScaledownIdletime, or a Spot interruption)."""
+    boto3.client("ec2", region_name=cluster.region).terminate_instances(InstanceIds=[instance_id])
+    cluster.compute_instance_ids.remove(instance_id)
+
+
 # ---------------------------------------------------------------- the federation registry, as an administrator writes it
 FEDERATION_TAG = "slurm-multicluster:federation"
 # The product ignores this tag (the registry names the accounting cluster); the lab reads it as "declare this

@@ -13,7 +13,7 @@ from moto import mock_aws
 
 from lab import cloud  # the SSM seam: moto runs each rendered document through an executor (notes/moto.md)
 from slurm_multicluster import node_commands
-from slurm_multicluster.errors import NodeCommandFailed
+from slurm_multicluster.errors import NodeCommandFailed, NodeUnreachable
 
 REGION = "us-east-1"
 
@@ -121,3 +121,53 @@ def test_without_a_lambda_context_collect_waits_for_the_command_timeout_and_canc
 
     (invocation,) = sent
     assert ssm.get_command_invocation(CommandId=invocation["CommandId"], InstanceId=instance)["Status"] == "Cancelled"
+
+
+# ---------------------------------------------------------------- fleets: nodes shut down before or while a script runs
+
+
+def test_a_fleet_node_terminated_before_the_command_is_left_out_and_the_others_run(compute_fleet):
+    ssm, ids, sent = compute_fleet
+    ec2 = boto3.client("ec2", region_name=REGION)
+    ec2.terminate_instances(InstanceIds=[ids[7], ids[60]])  # one in each of the first two batches
+
+    results = node_commands.run_on_fleet(ssm, ec2, ids, "discover-slurm.sh", {}, timeout_seconds=60, comment="test")
+
+    assert sorted(i for i, r in results.items() if r.gone) == sorted([ids[7], ids[60]])
+    assert all(r.ok for i, r in results.items() if i not in (ids[7], ids[60]))
+    commands = ssm.list_commands()["Commands"]
+    assert sorted(i for c in commands for i in c["InstanceIds"]) == sorted(set(ids) - {ids[7], ids[60]})
+    assert all(len(c["InstanceIds"]) <= 50 for c in commands)
+
+
+def test_outside_a_fleet_a_terminated_node_is_unreachable_and_nothing_stays_in_flight(compute_fleet):
+    ssm, ids, sent = compute_fleet
+    boto3.client("ec2", region_name=REGION).terminate_instances(InstanceIds=[ids[60]])
+
+    with pytest.raises(NodeUnreachable, match=f"SSM cannot reach .*{ids[60]}"):
+        with node_commands.invocation(_ShortLambdaContext(seconds=600)):
+            node_commands.run_script(ssm, ids, "discover-slurm.sh", {}, timeout_seconds=60, comment="test")
+
+    # the first batch went out before the second was refused; the third was never sent
+    assert [len(c["InstanceIds"]) for c in ssm.list_commands()["Commands"]] == [50]
+
+
+def test_a_fleet_node_terminated_while_its_script_runs_is_gone_without_waiting_for_the_timeout(hung_node, monkeypatch):
+    ssm, instance, sent = hung_node
+    monkeypatch.setattr(node_commands, "GONE_CHECK_SECONDS", 0.2)
+    ec2 = boto3.client("ec2", region_name=REGION)
+    threading.Timer(0.5, lambda: ec2.terminate_instances(InstanceIds=[instance])).start()
+
+    results = node_commands.run_on_fleet(ssm, ec2, [instance], "discover-slurm.sh", {}, timeout_seconds=600,
+                                         comment="test")
+
+    assert results[instance].gone and results[instance].result["gone"] is True
+
+
+def test_a_head_node_terminated_while_its_script_runs_still_fails(hung_node, monkeypatch):
+    ssm, instance, sent = hung_node
+    monkeypatch.setattr(node_commands, "SSM_DELIVERY_SECONDS", 0)
+    boto3.client("ec2", region_name=REGION).terminate_instances(InstanceIds=[instance])
+
+    with pytest.raises((NodeCommandFailed, NodeUnreachable)):
+        node_commands.run_script_checked(ssm, [instance], "discover-slurm.sh", {}, timeout_seconds=1, comment="test")

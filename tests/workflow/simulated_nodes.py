@@ -21,7 +21,7 @@ import os
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import boto3
 
@@ -61,12 +61,14 @@ class SimulatedFederation:
         self.keys: list[bytes] = []  # every key that existed (for the leak scans), never printed
         self.fail: dict[tuple[str, str], str] = {}
         self.slurmctld_dies_after_switch: set[str] = set()
+        self.keeps_old_key: set[str] = set()  # nodes whose install reports the new key while munged keeps the old
         self.switch_barrier: threading.Barrier | None = None
         self.switch_gate: threading.Event | None = None
         self.switch_started = threading.Event()
         self.calls: list[tuple[float, str, str]] = []  # (time, node, script)
         self.labels_during_switch: dict[str, list[str]] | None = None
         self.secret_id = ""
+        self.after_head_switch: list[Callable[[str], None]] = []  # called with the cluster, once its head switched
         self._lock = threading.Lock()
 
     # ---------------------------------------------------------------- set-up
@@ -180,6 +182,13 @@ class SimulatedFederation:
                 self.switch_barrier.wait()  # every member's switch runs at the same time, or this times out
             if self.switch_gate is not None:
                 self.switch_gate.wait(timeout=60)
+        if flags.get("--from-shared-dir"):  # a node launched during a rotation: the key its head node shares
+            shared = self.head(node.cluster).shared_sha
+            if shared != expect:
+                return {"ok": False, "changed": False, "error": f"fingerprint mismatch: {shared}, expected {expect}"}
+            if node.key_sha == expect:
+                return {"ok": True, "changed": False, "sha256": expect, "restarted": []}
+            node.staged[backup] = shared
         staged = node.staged.get(backup)
         if staged is None and node.key_sha == expect:
             return {"ok": True, "changed": False, "sha256": expect, "restarted": []}
@@ -188,7 +197,8 @@ class SimulatedFederation:
         if (node.name, "install-munge-key.sh") in self.fail:
             return {"ok": False, "changed": True, "rolledBack": True, "error": self.fail[(node.name, "install-munge-key.sh")]}
         node.backups.setdefault(backup, {"key": node.key_sha, "shared": node.shared_sha})
-        node.key_sha = staged
+        if node.name not in self.keeps_old_key:
+            node.key_sha = staged
         del node.staged[backup]
         restarted = ["munge"]
         if node.role == "head":
@@ -200,6 +210,9 @@ class SimulatedFederation:
         else:
             restarted.append("slurmd")
         node.restarts += restarted
+        if node.role == "head":
+            for callback in self.after_head_switch:
+                callback(node.cluster)
         return {"ok": True, "changed": True, "sha256": staged, "restarted": restarted}
 
     def _restore_backup(self, node: SimulatedNode, args: list[str]) -> dict[str, Any]:
@@ -223,6 +236,9 @@ class SimulatedFederation:
             node.slurmctld_up = True
         node.restarts += restarted
         return {"ok": True, "changed": changed or bool(restarted), "found": before is not None, "restarted": restarted}
+
+    def _report_munge_key(self, node: SimulatedNode, args: list[str]) -> dict[str, Any]:
+        return {"ok": True, "changed": False, "mungeKeySha256": node.key_sha, "mungeActive": True}
 
     def _verify_member(self, node: SimulatedNode, args: list[str]) -> dict[str, Any]:
         peers = str(self._flags(args)["--peers"]).split(",")

@@ -155,6 +155,16 @@ def node_instance_ids(ec2: Any, cluster_name: str, node_type: str) -> list[str]:
     return sorted(i["InstanceId"] for i in instances(ec2, cluster_filters(cluster_name, node_type)))
 
 
+FLEET_NODE_TYPES = ("Compute", "LoginNode")
+
+
+def fleet(ec2: Any, cluster_name: str) -> dict[str, float]:
+    """The cluster's running compute and login nodes as they are now (ParallelCluster launches and terminates
+    them all the time): instance id -> launch time (epoch seconds)."""
+    return {i["InstanceId"]: i["LaunchTime"].timestamp()
+            for node_type in FLEET_NODE_TYPES for i in instances(ec2, cluster_filters(cluster_name, node_type))}
+
+
 def stack_security_groups(cloudformation: Any, stack: str) -> list[str]:
     """Every security group the stack created (ParallelCluster: head node, compute, login node groups)."""
     paginator = cloudformation.get_paginator("list_stack_resources")

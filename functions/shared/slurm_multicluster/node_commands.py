@@ -14,7 +14,7 @@ import json
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from aws_lambda_powertools import Logger
 from botocore.exceptions import ClientError
@@ -61,6 +61,11 @@ class NodeResult:
     def ok(self) -> bool:
         return self.status == "Success" and self.result.get("ok") is True
 
+    @property
+    def gone(self) -> bool:
+        """The instance was shut down before or while its script ran (run_on_fleet only)."""
+        return self.status == INSTANCE_GONE
+
 
 def parse_result(stdout: str) -> dict[str, Any]:
     """The JSON object on the last non-empty stdout line, or an explanatory stand-in when there is none."""
@@ -90,6 +95,29 @@ def _with_backups_kept(script: str, parameters: Parameters) -> Parameters:
 SEND_COMMAND_MAX_INSTANCES = 50
 
 
+# ---------------------------------------------------------------- fleets: nodes come and go while scripts run
+# ParallelCluster launches and terminates compute nodes all the time (login pools scale too). A node that is shut
+# down before or while its script runs is not a failure: it no longer exists to run the wrong key. EC2 says so,
+# not SSM (SendCommand refuses shutting-down and terminated instances with InvalidInstanceId, and an invocation
+# on an instance that went away stays InProgress until its timeout).
+GONE_STATES = frozenset({"shutting-down", "terminated", "stopping", "stopped"})
+INSTANCE_GONE = "InstanceGone"  # NodeResult.status of a node that went away (never an SSM status)
+GONE_CHECK_SECONDS = 15.0  # how often collect() asks EC2 whether an instance it still waits on exists
+DESCRIBE_FILTER_VALUES = 200  # DescribeInstances: values per filter, at most
+GoneCheck = Callable[[list[str]], set[str]]
+
+
+def gone_instances(ec2: Any, instance_ids: list[str]) -> set[str]:
+    """Those of ``instance_ids`` that are shutting down, terminated or stopped, or no longer listed at all."""
+    states: dict[str, str] = {}
+    paginator = ec2.get_paginator("describe_instances")
+    for start in range(0, len(instance_ids), DESCRIBE_FILTER_VALUES):
+        batch = instance_ids[start:start + DESCRIBE_FILTER_VALUES]
+        for page in paginator.paginate(Filters=[{"Name": "instance-id", "Values": batch}]):
+            states.update({i["InstanceId"]: i["State"]["Name"] for r in page["Reservations"] for i in r["Instances"]})
+    return {i for i in instance_ids if states.get(i, "terminated") in GONE_STATES}
+
+
 @dataclass(frozen=True)
 class SentCommand:
     """A node script in flight, as one SSM command per batch of instances: collect() waits for every invocation."""
@@ -100,6 +128,8 @@ class SentCommand:
     instance_ids: list[str]
     timeout_seconds: int
     pending: set[str] = field(default_factory=set, compare=False)  # instances without a final status yet
+    gone_check: GoneCheck | None = field(default=None, compare=False)  # set by run_on_fleet
+    gone: set[str] = field(default_factory=set, compare=False)  # instances gone before SSM could take the command
 
 
 # ---------------------------------------------------------------- the Lambda invocation's deadline
@@ -189,40 +219,59 @@ def send_script(
     timeout_seconds: int,
     comment: str,
     deployment_id: str | None = None,
+    gone_check: GoneCheck | None = None,
 ) -> SentCommand:
     """Send a node script's document, with ``parameters`` (checked first, InvalidInput), to every instance
-    (one SSM command per 50 instances) without waiting for it. The deployment id defaults to the settings'."""
+    (one SSM command per 50 instances) without waiting for it. The deployment id defaults to the settings'.
+
+    With ``gone_check`` (run_on_fleet), instances of a refused batch that it reports gone are left out and the
+    rest sent again; without it, or when none is gone, the refusal is NodeUnreachable (what was already sent of
+    the other batches is cancelled first)."""
     document = ssm_documents.document_name(deployment_id or settings().deployment_id, script)
     sent_parameters = ssm_documents.parameters(
         script, {**_with_backups_kept(script, parameters), ssm_documents.EXECUTION_TIMEOUT: str(timeout_seconds)})
-    command_ids: dict[str, str] = {}
+    sent = SentCommand(ssm, {}, script, [], timeout_seconds, gone_check=gone_check)
+    _track(sent)
     for start in range(0, len(instance_ids), SEND_COMMAND_MAX_INSTANCES):
         batch = instance_ids[start:start + SEND_COMMAND_MAX_INSTANCES]
-        try:
-            command = ssm.send_command(
-                InstanceIds=batch,
-                DocumentName=document,
-                DocumentVersion="$LATEST",  # a stack update's new version at once, whichever is the default
-                Comment=comment[:100],
-                TimeoutSeconds=60,
-                Parameters=sent_parameters,
-            )["Command"]
-        except ClientError as error:
-            code = error.response["Error"]["Code"]
-            if code in ("InvalidInstanceId", "InvalidInstanceInformationFilterValue"):
-                raise NodeUnreachable(
-                    f"SSM cannot reach {', '.join(batch)} to run {script}: {SSM_POLICY_HINT}"
-                ) from error
-            if code == "InvalidDocument":
-                raise NodeUnreachable(
-                    f"SSM has no document {document} in {ssm.meta.region_name} to run {script}: {DOCUMENTS_HINT}"
-                ) from error
-            raise
+        while batch:
+            try:
+                command = ssm.send_command(
+                    InstanceIds=batch,
+                    DocumentName=document,
+                    DocumentVersion="$LATEST",  # a stack update's new version at once, whichever is the default
+                    Comment=comment[:100],
+                    TimeoutSeconds=60,
+                    Parameters=sent_parameters,
+                )["Command"]
+                break
+            except ClientError as error:
+                code = error.response["Error"]["Code"]
+                gone = gone_check(batch) if gone_check and code == "InvalidInstanceId" else set()
+                if gone:
+                    logger.info("instances gone before the node script reached them",
+                                extra={"script": script, "instances": sorted(gone)})
+                    sent.gone.update(gone)
+                    batch = [i for i in batch if i not in gone]
+                    continue
+                cancel(sent, "another batch was refused")
+                if code in ("InvalidInstanceId", "InvalidInstanceInformationFilterValue"):
+                    raise NodeUnreachable(
+                        f"SSM cannot reach {', '.join(batch)} to run {script}: {SSM_POLICY_HINT}"
+                    ) from error
+                if code == "InvalidDocument":
+                    raise NodeUnreachable(
+                        f"SSM has no document {document} in {ssm.meta.region_name} to run {script}: {DOCUMENTS_HINT}"
+                    ) from error
+                raise
+        if not batch:
+            continue
         logger.info("sent node script", extra={"script": script, "document": document,
                                                 "command_id": command["CommandId"], "instances": batch})
-        command_ids.update(dict.fromkeys(batch, command["CommandId"]))
-    sent = SentCommand(ssm, command_ids, script, instance_ids, timeout_seconds, pending=set(command_ids))
-    _track(sent)
+        sent.command_ids.update(dict.fromkeys(batch, command["CommandId"]))
+        sent.instance_ids.extend(batch)
+        sent.pending.update(batch)
+    _untrack(sent)  # only when nothing is in flight (every instance was gone)
     return sent
 
 
@@ -243,6 +292,7 @@ class _DeadlinePassed(Exception):
 
 def _final_invocation(sent: SentCommand, instance_id: str, deadline: float) -> dict[str, Any]:
     delay = FIRST_POLL_SECONDS
+    checked = time.monotonic()
     while True:
         try:
             invocation = sent.ssm.get_command_invocation(CommandId=sent.command_ids[instance_id], InstanceId=instance_id)
@@ -251,6 +301,10 @@ def _final_invocation(sent: SentCommand, instance_id: str, deadline: float) -> d
         except ClientError as error:
             if error.response["Error"]["Code"] != "InvocationDoesNotExist":  # not registered yet: keep polling
                 raise
+        if sent.gone_check and time.monotonic() - checked >= GONE_CHECK_SECONDS:
+            checked = time.monotonic()
+            if sent.gone_check([instance_id]):
+                return {"Status": INSTANCE_GONE}
         left = deadline - time.monotonic()
         if left <= 0:
             raise _DeadlinePassed
@@ -294,16 +348,24 @@ def collect(sent: SentCommand) -> dict[str, NodeResult]:
         cancel(sent, "collect failed")
         raise
     _untrack(sent)
+    if sent.gone_check:  # a node that failed because it was going away is gone, not failed
+        failed = [i for i, r in results.items() if not r.ok and not r.gone]
+        for instance_id in sent.gone_check(failed) if failed else set():
+            results[instance_id] = _node_result(sent, instance_id, {"Status": INSTANCE_GONE})
+    for instance_id in sorted(sent.gone):
+        results[instance_id] = _node_result(sent, instance_id, {"Status": INSTANCE_GONE})
     return results
 
 
 def _node_result(sent: SentCommand, instance_id: str, invocation: dict[str, Any]) -> NodeResult:
     """What one node reported, parsed and logged (credentials redacted)."""
+    gone = invocation["Status"] == INSTANCE_GONE
     result = NodeResult(
         instance_id=instance_id,
         status=invocation["Status"],
         exit_code=invocation.get("ResponseCode", -1),
-        result=parse_result(invocation.get("StandardOutputContent", "")),
+        result={"ok": False, "gone": True, "error": "the instance was shut down (ParallelCluster scaled it down)"}
+        if gone else parse_result(invocation.get("StandardOutputContent", "")),
         stderr_tail=invocation.get("StandardErrorContent", "")[-2000:],
     )
     logger.info(
@@ -323,17 +385,19 @@ def run_script(
     timeout_seconds: int,
     comment: str,
     deployment_id: str | None = None,
+    gone_check: GoneCheck | None = None,
 ) -> dict[str, NodeResult]:
     """Run a node script on each instance (one SSM command per 50), wait for every invocation, return results."""
     if not instance_ids:
         return {}
     return collect(send_script(ssm, instance_ids, script, parameters, timeout_seconds=timeout_seconds,
-                               comment=comment, deployment_id=deployment_id))
+                               comment=comment, deployment_id=deployment_id, gone_check=gone_check))
 
 
 def raise_failures(script: str, results: dict[str, NodeResult]) -> dict[str, NodeResult]:
-    """Raise NodeCommandFailed naming every node whose script did not report ok; else return the results."""
-    failed = [r for r in results.values() if not r.ok]
+    """Raise NodeCommandFailed naming every node whose script did not report ok (a node that is gone did not
+    fail); else return the results."""
+    failed = [r for r in results.values() if not r.ok and not r.gone]
     if failed:
         details = "; ".join(
             f"{r.instance_id}: {r.result.get('error') or r.status} (exit {r.exit_code})" for r in failed
@@ -346,3 +410,11 @@ def run_script_checked(ssm: Any, instance_ids: list[str], script: str, parameter
                        **kwargs: Any) -> dict[str, NodeResult]:
     """Like run_script, but raise NodeCommandFailed naming every node whose script did not report ok."""
     return raise_failures(script, run_script(ssm, instance_ids, script, parameters, **kwargs))
+
+
+def run_on_fleet(ssm: Any, ec2: Any, instance_ids: list[str], script: str, parameters: Parameters,
+                 **kwargs: Any) -> dict[str, NodeResult]:
+    """run_script_checked for compute and login nodes, which come and go: a node shut down before or while its
+    script runs is returned with ``gone`` set (EC2 says so), not raised; any other failure raises."""
+    return run_script_checked(ssm, instance_ids, script, parameters,
+                              gone_check=lambda ids: gone_instances(ec2, ids), **kwargs)

@@ -309,16 +309,21 @@ def sync_munge_key(clients: ClientFactory, the_plan: Plan, members: list[Member]
             comment=f"slurm-multicluster: install the federation munge key on {new.cluster_name} head node",
         )
         outcome["installedOn"].append(new.head_node.instance_id)
-    # after the head node: the nodes copy the key from its shared copies
-    if the_plan.munge_key.install_on_instances:
-        node_commands.run_script_checked(
-            ssm, the_plan.munge_key.install_on_instances, "install-munge-key.sh",
+    # after the head node: the nodes copy the key from its shared copies; the node list is read again now (nodes
+    # launched since the plan may have booted with the old shared key; nodes shut down since are no failure)
+    ec2 = clients("ec2", new.region)
+    known = set(new.compute_instance_ids + new.login_instance_ids)
+    running = discovery.fleet(ec2, new.cluster_name)
+    nodes = sorted(i for i in running if i in the_plan.munge_key.install_on_instances or i not in known)
+    if nodes:
+        results = node_commands.run_on_fleet(
+            ssm, ec2, nodes, "install-munge-key.sh",
             {"FromSharedDir": True, "ExpectSha256": the_plan.munge_key.expected_sha256, "BackupId": execution,
              "Restart": "slurmd"},
             timeout_seconds=config.node_command_timeout_seconds,
             comment=f"slurm-multicluster: install the federation munge key on {new.cluster_name} compute nodes",
         )
-        outcome["installedOn"] += the_plan.munge_key.install_on_instances
+        outcome["installedOn"] += [i for i, r in results.items() if not r.gone]
     return outcome
 
 
@@ -441,8 +446,10 @@ def restore_backups(clients: ClientFactory, request: PairingRequest, members: li
             ssm, instance_ids, "restore-backup.sh", {"BackupId": request.execution_name},
             timeout_seconds=config.node_command_timeout_seconds,
             comment=f"slurm-multicluster: roll back {new.cluster_name} ({request.execution_name})",
+            gone_check=None if instance_ids == [new.head_node.instance_id]
+            else (lambda ids: node_commands.gone_instances(clients("ec2", new.region), ids)),
         )
-        restored.update({i: r.result for i, r in results.items()})
+        restored.update({i: r.result for i, r in results.items() if not r.gone})
     failed = {i: r for i, r in restored.items() if not r.get("ok")}
     if failed:
         raise node_commands.NodeCommandFailed(f"restore-backup.sh failed on {', '.join(failed)}")

@@ -15,6 +15,7 @@ import datetime
 import hashlib
 import json
 import re
+import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Literal
@@ -292,12 +293,13 @@ def _other_nodes(member: Member) -> list[str]:
 
 
 def _node_summary(results: dict[str, NodeResult]) -> dict[str, Any]:
-    keep = ("changed", "sha256", "restarted", "stagedFiles", "restored", "found")
+    keep = ("changed", "sha256", "restarted", "stagedFiles", "restored", "found", "gone")
     return {i: {k: r.result[k] for k in keep if k in r.result} for i, r in results.items()}
 
 
 def stage_member(clients: ClientFactory, step: MemberStep, config: Settings) -> MemberOutcome:
-    """Stage the pending key on the member's head node (and its shared dirs), then on its other nodes."""
+    """Stage the pending key on the member's head node (and its shared dirs), then on its other nodes (a node
+    shut down meanwhile is no failure; one launched meanwhile is switched from the shared dir)."""
     member, pending = step.member, step.pending_key
     if pending is None:
         raise InvalidInput("StageMemberKey needs the pending key")
@@ -311,16 +313,54 @@ def stage_member(clients: ClientFactory, step: MemberStep, config: Settings) -> 
         comment=f"slurm-multicluster: stage the pending munge key on {member.cluster_name} head node",
     ))
     if _other_nodes(member):  # they copy what the head node staged in its NFS-shared munge dir
-        nodes.update(_node_summary(node_commands.run_script_checked(
-            ssm, _other_nodes(member), "stage-munge-key.sh", {"FromSharedDir": True, **common},
-            timeout_seconds=config.node_command_timeout_seconds,
+        nodes.update(_node_summary(node_commands.run_on_fleet(
+            ssm, clients("ec2", member.region), _other_nodes(member), "stage-munge-key.sh",
+            {"FromSharedDir": True, **common}, timeout_seconds=config.node_command_timeout_seconds,
             comment=f"slurm-multicluster: stage the pending munge key on {member.cluster_name} compute nodes",
         )))
     return MemberOutcome(cluster_name=member.cluster_name, ok=True, nodes=nodes)
 
 
+# The node list is read again right before each pass over the compute and login nodes and once more after it:
+# nodes launched since the plan are switched too, from the shared dir the head node wrote first.
+FLEET_PASSES = 3
+
+
+def _switch_fleet(clients: ClientFactory, member: Member, parameters: dict[str, Any], staged: set[str],
+                  shared_written: float, what: str, config: Settings) -> dict[str, Any]:
+    """Install the key on every compute and login node running now: with ``parameters`` on the ``staged`` ones,
+    from the shared dir on any other. A node gone meanwhile is reported ``gone``; one launched after the shared
+    dir was written that SSM does not reach yet is ``booting`` (ParallelCluster's boot copies the shared key)."""
+    ssm, ec2 = clients("ssm", member.region), clients("ec2", member.region)
+    from_shared = {"FromSharedDir": True, "ExpectSha256": parameters["ExpectSha256"],
+                   "BackupId": parameters["BackupId"], "Restart": "slurmd"}
+    nodes: dict[str, Any] = {}
+    seen: set[str] = set()
+    for _ in range(FLEET_PASSES):
+        running = discovery.fleet(ec2, member.cluster_name)
+        todo = sorted(set(running) - seen)
+        if not todo:
+            break
+        seen |= set(todo)
+        launched = [i for i in todo if i not in staged]
+        online = discovery.ssm_online(ssm, launched) if launched else set()
+        booting = [i for i in launched if i not in online and running[i] >= shared_written]
+        nodes.update({i: {"booting": True} for i in booting})
+        for instance_ids, script_parameters, which in (
+                ([i for i in todo if i in staged], parameters, "compute nodes"),
+                ([i for i in launched if i not in booting], from_shared, "nodes launched during it")):
+            nodes.update(_node_summary(node_commands.run_on_fleet(
+                ssm, ec2, instance_ids, "install-munge-key.sh", script_parameters,
+                timeout_seconds=config.node_command_timeout_seconds,
+                comment=f"slurm-multicluster: {what} {member.cluster_name} {which}",
+            )))
+    nodes.update({i: {"gone": True} for i in staged - seen})  # shut down before the switch reached them
+    return nodes
+
+
 def switch_member(clients: ClientFactory, step: MemberStep, config: Settings) -> MemberOutcome:
-    """Switch the member to the staged key: head node (munge, slurmdbd, slurmctld), then compute nodes (munge, slurmd)."""
+    """Switch the member to the staged key: head node (munge, slurmdbd, slurmctld, and the shared dirs first),
+    then every compute and login node running by then (munge, slurmd), launched ones included."""
     member, pending = step.member, step.pending_key
     if pending is None:
         raise InvalidInput("SwitchMember needs the pending key")
@@ -333,12 +373,8 @@ def switch_member(clients: ClientFactory, step: MemberStep, config: Settings) ->
             timeout_seconds=config.node_command_timeout_seconds,
             comment=f"slurm-multicluster: switch {member.cluster_name} head node to the new munge key",
         ))
-        if _other_nodes(member):
-            nodes.update(_node_summary(node_commands.run_script_checked(
-                ssm, _other_nodes(member), "install-munge-key.sh", {**common, "Restart": "slurmd"},
-                timeout_seconds=config.node_command_timeout_seconds,
-                comment=f"slurm-multicluster: switch {member.cluster_name} compute nodes to the new munge key",
-            )))
+        nodes.update(_switch_fleet(clients, member, {**common, "Restart": "slurmd"}, set(_other_nodes(member)),
+                                   time.time(), "switch to the new munge key:", config))
     except NodeCommandFailed as error:
         raise NodeCommandFailed(f"{member.cluster_name}: {error}") from None
     return MemberOutcome(cluster_name=member.cluster_name, ok=True, nodes=nodes)
@@ -421,9 +457,37 @@ def verify_federation(clients: ClientFactory, test: FederationCheck, config: Set
         if result.get("mungeKeySha256") != test.expect_sha256 or not result.get("mungeActive"):
             problems.append(f"{only.cluster_name}: munge does not run the expected key")
         checks[only.cluster_name] = {"mungeKeySha256": result.get("mungeKeySha256")}
+    _check_fleet_keys(clients, members, test.expect_sha256, problems, checks)
     if problems:
         raise VerificationFailed("; ".join(problems))
     return checks
+
+
+def _check_fleet_keys(clients: ClientFactory, members: list[Member], expect_sha256: str, problems: list[str],
+                      checks: dict[str, Any]) -> None:
+    """Every compute and login node running now that SSM reaches reports the expected key's fingerprint
+    (report-munge-key.sh, read-only); any other, or none, is a problem naming the nodes."""
+    clients_by_region = {r: (clients("ssm", r), clients("ec2", r)) for r in sorted({m.region for m in members})}
+
+    def fingerprints(member: Member) -> Callable[[], dict[str, NodeResult]]:
+        ssm, ec2 = clients_by_region[member.region]
+
+        def run() -> dict[str, NodeResult]:
+            running = sorted(discovery.fleet(ec2, member.cluster_name))
+            reachable = sorted(discovery.ssm_online(ssm, running)) if running else []
+            return node_commands.run_on_fleet(
+                ssm, ec2, reachable, "report-munge-key.sh", {}, timeout_seconds=120,
+                comment=f"slurm-multicluster: which munge key {member.cluster_name}'s nodes run")
+        return run
+
+    for cluster, result in _in_parallel({m.cluster_name: fingerprints(m) for m in members}).items():
+        if isinstance(result, Exception):
+            problems.append(f"{cluster}: cannot read its nodes' munge key: {result}")
+            continue
+        wrong = sorted(i for i, r in result.items() if not r.gone and r.result.get("mungeKeySha256") != expect_sha256)
+        if wrong:
+            problems.append(f"{cluster}: nodes {', '.join(wrong)} do not run munge key {expect_sha256}")
+        checks.setdefault(cluster, {})["nodesOnKey"] = sum(1 for r in result.values() if not r.gone) - len(wrong)
 
 
 def _ssm_clients(clients: ClientFactory, members: list[Member]) -> dict[str, Any]:
@@ -523,27 +587,39 @@ def discard_pending_key(clients: ClientFactory, state: RotationState) -> dict[st
 def roll_back_member(clients: ClientFactory, step: MemberStep, config: Settings) -> MemberOutcome:
     """Put the member's nodes back on the key that was current (their backups), restart, remove staged copies.
 
-    Every node is tried, head node first; a daemon that died during the rotation is restarted too.
-    """
+    Every node is tried, head node first; a daemon that died during the rotation is restarted too. The compute
+    and login nodes are those running now: one launched during the rotation (no backup of this run) takes the
+    previous key from the shared dir the head node's restore just put back."""
     member = step.member
-    ssm = clients("ssm", member.region)
+    ssm, ec2 = clients("ssm", member.region), clients("ec2", member.region)
     parameters = {"BackupId": step.request.execution_name, "RestartFailed": True}
     nodes: dict[str, Any] = {}
     failures: list[str] = []
-    for instance_ids, what in (([member.head_node.instance_id], "head node"), (_other_nodes(member), "compute nodes")):
-        if not instance_ids:
-            continue
+
+    def attempt(instance_ids: list[str], script: str, script_parameters: dict[str, Any], what: str) -> None:
         try:
             results = node_commands.run_script(
-                ssm, instance_ids, "restore-backup.sh", parameters,
-                timeout_seconds=config.node_command_timeout_seconds,
+                ssm, instance_ids, script, script_parameters, timeout_seconds=config.node_command_timeout_seconds,
                 comment=f"slurm-multicluster: switch {member.cluster_name} {what} back to the previous munge key",
+                gone_check=None if what == "head node" else (lambda ids: node_commands.gone_instances(ec2, ids)),
             )
         except PairingError as error:
             failures.append(f"{what}: {error}")
-            continue
+            return
         nodes.update(_node_summary(results))
-        failures += [f"{i}: {r.result.get('error') or r.status}" for i, r in results.items() if not r.ok]
+        failures.extend(f"{i}: {r.result.get('error') or r.status}" for i, r in results.items() if not r.ok and not r.gone)
+
+    attempt([member.head_node.instance_id], "restore-backup.sh", parameters, "head node")
+    running = sorted(discovery.fleet(ec2, member.cluster_name))
+    online = discovery.ssm_online(ssm, running) if running else set()
+    if running:
+        attempt([i for i in running if i in online or i in _other_nodes(member)], "restore-backup.sh", parameters,
+                "compute nodes")
+    launched = [i for i, n in nodes.items() if i in running and n.get("found") is False]
+    if launched and not failures:
+        attempt(launched, "install-munge-key.sh", {
+            "FromSharedDir": True, "ExpectSha256": step.plan.current_sha256,
+            "BackupId": step.request.execution_name, "Restart": "slurmd"}, "nodes launched during it")
     if failures:
         raise RollbackFailed(f"{member.cluster_name}: {'; '.join(failures)}")
     return MemberOutcome(cluster_name=member.cluster_name, ok=True, nodes=nodes)
