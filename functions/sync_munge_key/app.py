@@ -11,4 +11,5 @@ from slurm_multicluster.state import PairingState
 
 @leased_step(PairingState)
 def lambda_handler(state: PairingState, context: LambdaContext) -> dict:
-    return pairing.sync_munge_key(client, state.planned(), state.members, state.request.execution_name, settings())
+    return pairing.sync_munge_key(client, state.planned(), state.members, state.request.execution_name, settings(),
+                                  state.skipped)

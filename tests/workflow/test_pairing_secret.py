@@ -11,7 +11,7 @@ from __future__ import annotations
 import base64
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 import boto3
@@ -119,6 +119,7 @@ class PairingAws:
     nodes: PairingNodes
     clusters: dict[str, ClusterInAws]
     federation_sha: str
+    ssm_offline: set[str] = field(default_factory=set)  # instances whose SSM agent is not Online
 
     def pair(self, name: str) -> dict[str, Any]:
         arn = cloud.route_event(self.deployment, cloud.stack_status_event(self.clusters[name].stack_id, "CREATE_COMPLETE", REGION))
@@ -155,8 +156,10 @@ def pairing_aws(aws_env: None) -> Iterator[PairingAws]:
             nodes.add(SimulatedNode(f"{name}-compute-1", name, "compute", clusters[name].compute_instance_ids[0], key_sha))
             nodes.roles[name] = clusters[name].head_role_arn
         nodes.secret_id = SECRET
-        with cloud.real_lambda_handlers(deployment), cloud.ssm_runs_on(nodes.execute, routable=nodes.knows):
-            yield PairingAws(deployment, nodes, clusters, federation_sha)
+        offline: set[str] = set()
+        with cloud.real_lambda_handlers(deployment), cloud.ssm_runs_on(
+                nodes.execute, routable=nodes.knows, registered=lambda instance_id: instance_id not in offline):
+            yield PairingAws(deployment, nodes, clusters, federation_sha, offline)
     aws.client.cache_clear()
 
 
@@ -260,3 +263,43 @@ def test_a_rolled_back_re_pairing_of_a_member_running_the_key_keeps_its_read_acc
 
     assert result["status"] == "FAILED"
     assert may(pairing_aws.policy(), pairing_aws.role("gamma"), "secretsmanager:GetSecretValue")
+
+
+def _as_a_pairing_of_gamma_left_it(aws: PairingAws) -> None:
+    """The federation secret exists (empty: alpha uploads its key) and alpha and gamma may read it."""
+    from slurm_multicluster import munge_secret
+    from slurm_multicluster.settings import Settings
+
+    secrets = boto3.client("secretsmanager", region_name=REGION)
+    config = Settings(deployment_region=REGION, munge_key_kms_key_arn=deployment_key_arn(aws.deployment))
+    arn, _ = munge_secret.ensure_secret(secrets, SECRET, FEDERATION, config)
+    secrets.put_resource_policy(SecretId=arn, ResourcePolicy=json.dumps(munge_secret.role_policy(
+        arn, [aws.role("alpha"), aws.role("gamma")], [aws.role("alpha")])))
+
+
+def test_a_peer_the_pairing_skips_keeps_its_read_access_and_gains_none(pairing_aws):
+    aws = pairing_aws
+    _as_a_pairing_of_gamma_left_it(aws)
+    aws.ssm_offline.add(aws.clusters["gamma"].head_instance_id)  # gamma does not resolve: skipped, still a member
+
+    assert aws.pair("beta")["status"] == "SUCCEEDED"
+
+    policy = aws.policy()
+    assert [may(policy, aws.role(c), "secretsmanager:GetSecretValue") for c in ("alpha", "beta", "gamma")] == [
+        True, True, True]
+    assert not may(policy, aws.role("gamma"), "secretsmanager:PutSecretValue")
+
+
+def test_a_rolled_back_pairing_gives_a_skipped_peer_its_access_back_and_takes_the_new_members(pairing_aws):
+    aws = pairing_aws
+    _as_a_pairing_of_gamma_left_it(aws)
+    aws.ssm_offline.add(aws.clusters["gamma"].head_instance_id)
+    aws.nodes.fail[("beta-head", "verify-member.sh")] = "sbatch --clusters=alpha --test-only fails"
+
+    result = aws.pair("beta")
+
+    assert (result["status"], result["error"]) == ("FAILED", "VerifyPairingFailed")
+    assert "RestoreSecretAccess" in cloud.state_names(result["executionArn"], REGION)
+    policy = aws.policy()
+    assert [may(policy, aws.role(c), "secretsmanager:GetSecretValue") for c in ("alpha", "beta", "gamma")] == [
+        True, False, True]

@@ -219,6 +219,7 @@ class SkippedMember(StateModel):
     stack_id: str
     region: str
     reason: str
+    head_role_arn: str = ""  # its head node's role when it has one (it keeps the secret access it has)
 
 
 SSM_ONLINE = "Online"
@@ -265,12 +266,13 @@ def resolvable_members(clients: ClientFactory, stacks: list[tuple[str, dict[str,
     members: list[Member] = []
     skipped: list[SkippedMember] = []
 
-    def skip(region: str, stack: dict[str, Any], reason: str, error: type[Exception] = PrerequisiteFailed) -> None:
+    def skip(region: str, stack: dict[str, Any], reason: str, error: type[Exception] = PrerequisiteFailed,
+             head_role_arn: str | None = None) -> None:
         if stack["StackId"] == required:
             raise error(reason)
         logger.warning("skipping a member that does not resolve", extra={"stack": stack["StackId"], "reason": reason})
         skipped.append(SkippedMember(cluster_name=stack["StackName"], stack_id=stack["StackId"], region=region,
-                                     reason=reason))
+                                     reason=reason, head_role_arn=head_role_arn or ""))
 
     claimed = claimed_cluster_names(stacks, federation.name)
     for region, stack in stacks:
@@ -292,7 +294,7 @@ def resolvable_members(clients: ClientFactory, stacks: list[tuple[str, dict[str,
             skip(region, {"StackName": found.cluster_name, "StackId": found.stack_id},
                  f"cluster {found.cluster_name}: its head node {found.head_node.instance_id} is not managed by SSM "
                  f"(not registered, or its agent is not Online in Systems Manager): {SSM_POLICY_HINT}",
-                 NodeUnreachable)
+                 NodeUnreachable, found.head_node.role_arn)
     return [m for m in members if m in reachable], skipped
 
 

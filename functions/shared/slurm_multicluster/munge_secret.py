@@ -178,11 +178,23 @@ def secret_arn(secretsmanager: Any, name: str) -> str | None:
     return described["ARN"] if described else None
 
 
-def set_access(secretsmanager: Any, secret_arn: str, members: list[Member], break_glass_role_arn: str = "") -> list[str]:
-    """Make the resource policy grant exactly ``members``' head node roles (computed, not appended, so a member
-    that left loses access) and deny everyone else; no role left -> a policy that denies everyone, never no policy.
-    Returns the reader role ARNs."""
-    policy = access_policy(secret_arn, members, break_glass_role_arn)
+def set_access(secretsmanager: Any, secret_arn: str, members: list[Member], break_glass_role_arn: str = "",
+               kept_readers: list[str] | None = None) -> list[str]:
+    """Make the resource policy grant exactly ``members``' head node roles and ``kept_readers`` (computed, not
+    appended, so a member that left loses access) and deny everyone else; no role left -> a policy that denies
+    everyone, never no policy. Returns the reader role ARNs."""
+    granted = sorted({m.head_node.role_arn for m in members if m.head_node.role_arn} | set(kept_readers or []))
+    policy = role_policy(secret_arn, granted,
+                         sorted({m.head_node.role_arn for m in members if m.is_accounting and m.head_node.role_arn}),
+                         break_glass_role_arn)
     secretsmanager.put_resource_policy(SecretId=secret_arn, ResourcePolicy=json.dumps(policy), BlockPublicPolicy=True)
-    logger.info("secret access set", extra={"secret": secret_arn, "members": [m.cluster_name for m in members]})
-    return sorted({m.head_node.role_arn for m in members if m.head_node.role_arn})
+    logger.info("secret access set", extra={"secret": secret_arn, "members": [m.cluster_name for m in members],
+                                            "keptReaders": kept_readers or []})
+    return granted
+
+
+def readers_to_keep(secretsmanager: Any, secret_arn: str, skipped: list[Any]) -> list[str]:
+    """The current readers that are head node roles of skipped members (unresolvable this run, members all the
+    same): a pairing that cannot see them must not take their access away, nor grant any they do not have."""
+    theirs = {s.head_role_arn for s in skipped if s.head_role_arn}
+    return [role for role in current_readers(secretsmanager, secret_arn) if role in theirs] if theirs else []

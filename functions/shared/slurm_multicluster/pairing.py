@@ -275,14 +275,17 @@ def _member(members: list[Member], stack_id: str) -> Member:
     return next(m for m in members if m.stack_id == stack_id)
 
 
-def sync_munge_key(clients: ClientFactory, the_plan: Plan, members: list[Member], execution: str, config: Settings) -> dict[str, Any]:
-    """Make sure the federation secret holds the accounting cluster's key and the new member runs it."""
+def sync_munge_key(clients: ClientFactory, the_plan: Plan, members: list[Member], execution: str, config: Settings,
+                   skipped: list[discovery.SkippedMember] | None = None) -> dict[str, Any]:
+    """Make sure the federation secret holds the accounting cluster's key and the new member runs it (skipped
+    members keep the read access they have)."""
     new = _member(members, the_plan.stack_id)
     accounting = _member(members, the_plan.accounting_stack_id)
     secrets = clients("secretsmanager", accounting.region)
     arn, has_value = munge_secret.ensure_secret(secrets, the_plan.munge_key.secret_name, the_plan.federation, config)
     # The new member reads the key to install it; RestoreSecretAccess takes that back if the pairing rolls back.
-    munge_secret.set_access(secrets, arn, [*key_holders(members, accounting), new], config.break_glass_role_arn)
+    munge_secret.set_access(secrets, arn, [*key_holders(members, accounting), new], config.break_glass_role_arn,
+                            munge_secret.readers_to_keep(secrets, arn, skipped or []))
     outcome: dict[str, Any] = {"secretArn": arn, "uploaded": False, "installedOn": []}
     if not has_value:
         results = node_commands.run_script_checked(
@@ -465,9 +468,10 @@ def key_holders(members: list[Member], accounting: Member) -> list[Member]:
 
 
 def restore_secret_access(clients: ClientFactory, request: PairingRequest, members: list[Member],
-                          config: Settings) -> dict[str, Any]:
+                          config: Settings, skipped: list[discovery.SkippedMember] | None = None) -> dict[str, Any]:
     """Compensation: the secret's readers go back to the members that ran the federation key before this execution
-    (a new member that did not loses the read access SyncMungeKey gave it). A missing or foreign secret is left alone."""
+    (a new member that did not loses the read access SyncMungeKey gave it), and the skipped members keep what they
+    have. A missing or foreign secret is left alone."""
     accounting = [m for m in members if m.is_accounting]
     if len(accounting) != 1 or accounting[0].slurm is None:
         return {"changed": False, "reason": "no single accounting cluster: SyncMungeKey cannot have run"}
@@ -480,7 +484,8 @@ def restore_secret_access(clients: ClientFactory, request: PairingRequest, membe
     if described is None:
         return {"changed": False, "reason": f"no secret {name}"}
     readers = munge_secret.set_access(secrets, described["ARN"], key_holders(members, accounting[0]),
-                                      config.break_glass_role_arn)
+                                      config.break_glass_role_arn,
+                                      munge_secret.readers_to_keep(secrets, described["ARN"], skipped or []))
     return {"changed": True, "secret": described["ARN"], "readers": readers}
 
 

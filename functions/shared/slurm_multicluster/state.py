@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from slurm_multicluster.discovery import SkippedMember
 from slurm_multicluster.errors import InvalidInput
 from slurm_multicluster.models import Member, PairingRequest, StateModel
 from slurm_multicluster.pairing import Plan
@@ -12,6 +13,7 @@ class PairingState(StateModel):
     request: PairingRequest
     members: list[Member] = []
     plan: Plan | None = None
+    skipped: list[SkippedMember] = []  # admitted peers DiscoverFederation left out (they keep their secret access)
 
     def planned(self) -> Plan:
         """The plan from PlanPairing (steps after it cannot run without one)."""
