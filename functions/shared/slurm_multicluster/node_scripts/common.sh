@@ -207,6 +207,16 @@ show_help() {
     finish
 }
 
+# The argument parsing of a script that takes no arguments but --help.
+parse_help_only() {
+    while (($#)); do
+        case $1 in
+            -h | --help) show_help ;;
+            *) die_usage "unknown argument '$(sanitize "$1")'" ;;
+        esac
+    done
+}
+
 # make_private_tmpdir: set PRIVATE_TMPDIR to a new 0700 temp dir, removed on exit (key bytes live only there).
 # Without TMPDIR it prefers /dev/shm (memory) so key bytes do not land on disk.
 PRIVATE_TMPDIR=""

@@ -21,12 +21,7 @@ set -euo pipefail
 # shellcheck source-path=SCRIPTDIR source=common.sh
 . "$(dirname "$0")/common.sh"
 
-while (($#)); do
-    case $1 in
-        -h | --help) show_help ;;
-        *) die_usage "unknown argument '$(sanitize "$1")'" ;;
-    esac
-done
+parse_help_only "$@"
 check_path_settings
 
 slurm_conf="$SLURM_ETC/slurm.conf"
