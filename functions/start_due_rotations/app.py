@@ -3,6 +3,7 @@
 import datetime
 import os
 
+from aws_lambda_powertools.metrics import MetricUnit, single_metric
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from slurm_multicluster import rotation
@@ -17,9 +18,13 @@ def lambda_handler(event: dict, context: LambdaContext) -> dict:
     arn = os.environ["ROTATION_STATE_MACHINE_ARN"]
     now = datetime.datetime.now(datetime.timezone.utc)
     sfn = client("stepfunctions", arn.split(":")[3])
+    ages = rotation.key_ages(client, settings(), now)
+    for age in ages:  # the dashboard's "munge key age" (one metric per federation, daily)
+        with single_metric(name=rotation.KEY_AGE_METRIC, unit=MetricUnit.NoUnit, value=age["keyAgeDays"]) as metric:
+            metric.add_dimension(name="federation", value=age["federation"])
     started = [
         {**due, "execution": rotation.start_rotation(sfn, arn, due["federation"], due["region"], "schedule",
                                                      rotation.scheduled_execution_name(due["federation"], now))}
-        for due in rotation.rotations_due(client, settings(), now)
+        for due in rotation.rotations_due(client, settings(), now, ages)
     ]
     return {"started": started}

@@ -350,7 +350,7 @@ def test_hostile_rotation_requests_are_rejected_before_anything_runs(rotation_aw
     assert aws.commands == [] and aws.lease() is None
 
 
-def test_the_daily_check_rotates_exactly_the_federations_whose_key_is_due(rotation_aws):
+def test_the_daily_check_rotates_exactly_the_federations_whose_key_is_due(rotation_aws, capfd):
     import datetime
 
     from lab.parallelcluster import declare_federation
@@ -372,6 +372,13 @@ def test_the_daily_check_rotates_exactly_the_federations_whose_key_is_due(rotati
     function = aws.deployment.functions["StartDueRotationsFunction"]
     payload = boto3.client("lambda", region_name=REGION).invoke(FunctionName=function, Payload=b"{}")["Payload"].read()
     assert json.loads(payload) == {"started": []}
+    # ... and it reports every federation's key age, one metric each, as the dashboard's search finds it
+    emf = [json.loads(line) for line in capfd.readouterr().out.splitlines() if line.startswith("{") and '"_aws"' in line]
+    ages = [(d["_aws"]["CloudWatchMetrics"][0]["Namespace"], sorted(d["_aws"]["CloudWatchMetrics"][0]["Dimensions"][0]),
+             d["federation"], d["MungeKeyAgeDays"]) for d in emf if "MungeKeyAgeDays" in d]
+    assert ages == [("SlurmMulticluster", ["federation", "service"], FEDERATION, [0.0])]  # EMF: a list
+    body = cloud.load_template()["Resources"]["OperationsDashboard"]["Properties"]["DashboardBody"]["Fn::Sub"][0]
+    assert r"""SEARCH('{SlurmMulticluster,federation,service} MetricName=\"MungeKeyAgeDays\"'""" in body
     template = cloud.load_template()["Resources"]["StartDueRotationsFunction"]["Properties"]
     assert template["Events"]["RotationCheck"]["Properties"]["Schedule"] == {"Ref": "RotationCheckSchedule"}
 

@@ -650,6 +650,9 @@ def scheduled_execution_name(federation: str, now: datetime.datetime) -> str:
     return f"scheduled-{now:%Y%m%d}-{federation[:50]}-{digest}"
 
 
+KEY_AGE_METRIC = "MungeKeyAgeDays"  # per federation (dimension federation), from the daily check
+
+
 def key_age_days(secretsmanager: Any, secret_name: str, now: datetime.datetime) -> float | None:
     """Days since the federation secret's AWSCURRENT version was created (metadata only), None without one."""
     versions, token = [], None
@@ -669,16 +672,22 @@ def key_age_days(secretsmanager: Any, secret_name: str, now: datetime.datetime) 
     return (now - versions[0]["CreatedDate"]).total_seconds() / 86400
 
 
-def rotations_due(clients: ClientFactory, config: Settings, now: datetime.datetime) -> list[dict[str, Any]]:
-    """Every declared federation with a rotationDays whose key is at least that old: what the daily check rotates."""
-    due = []
+def key_ages(clients: ClientFactory, config: Settings, now: datetime.datetime) -> list[dict[str, Any]]:
+    """Every declared federation with a key: its region, the key's age in days and its rotationDays (or None)."""
+    ages = []
     for declared in registry.federations(clients("ssm", config.deployment_region), config):
-        days = declared.declaration.rotation_days
-        if days is None:
-            continue
         region = declared.declaration.accounting_stack_arn.split(":")[3]  # the secret lives with the accounting cluster
         age = key_age_days(clients("secretsmanager", region), config.munge_key_secret_name(declared.name), now)
-        if age is not None and age >= days:
-            due.append({"federation": declared.name, "region": region, "keyAgeDays": round(age, 1), "rotationDays": days})
+        if age is not None:
+            ages.append({"federation": declared.name, "region": region, "keyAgeDays": round(age, 1),
+                         "rotationDays": declared.declaration.rotation_days})
+    return ages
+
+
+def rotations_due(clients: ClientFactory, config: Settings, now: datetime.datetime,
+                  ages: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """Every declared federation with a rotationDays whose key is at least that old: what the daily check rotates."""
+    due = [age for age in (key_ages(clients, config, now) if ages is None else ages)
+           if age["rotationDays"] is not None and age["keyAgeDays"] >= age["rotationDays"]]
     logger.info("rotations due", extra={"due": due})
     return due
