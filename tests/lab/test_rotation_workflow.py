@@ -122,7 +122,10 @@ def federation(lab_host) -> Iterator[Federation]:
     beta is created tagged; gamma opts in (its stack gets the federation tag) once beta is a member."""
     with fresh_lab("rotwf", "10.252.1.0/24", [ClusterSpec(c, accounting=c == "alpha", computes=1) for c in CLUSTERS]) \
             as lab, lab_cloud(lab, {"alpha": ALPHA_TAGS, "beta": BETA_TAGS},
-                              parameters={"VerifyDeadlineSeconds": "20"}) as cloud:
+                              # 45 s: after a key switch a loaded machine's slurmctld took over 20 s to
+                              # reconnect to slurmdbd ("gamma has no ControlHost"); verification polls, so a
+                              # passing run does not wait longer
+                              parameters={"VerifyDeadlineSeconds": "45"}) as cloud:
         keys = [key_bytes(lab, f"{c}-head") for c in CLUSTERS]  # each cluster's own key before the pairing
         for member in ("beta", "gamma"):
             if member == "gamma":
