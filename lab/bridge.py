@@ -22,7 +22,8 @@ import requests
 
 from lab import cloud
 from lab.core import Lab
-from lab.parallelcluster import FEDERATION_TAG, ClusterInAws, admit_cluster, create_cluster, create_network
+from lab.parallelcluster import (FEDERATION_TAG, ClusterInAws, admit_cluster, create_cluster, create_network,
+                                 launch_compute_node, terminate_node)
 
 FAKE_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_SESSION_TOKEN": "testing"}
 
@@ -67,6 +68,22 @@ class LabCloud:
                                     Tags=[*current, *({"Key": k, "Value": v} for k, v in tags.items())])
         if admit:
             admit_cluster(self.region, tags[FEDERATION_TAG], self.clusters[cluster].stack_id)
+
+    def launch_compute_node(self, node: str) -> str:
+        """ParallelCluster launches an instance for lab compute node ``node`` (at the node's address); SSM reaches
+        the node through it from now on. Its instance id. The node's daemons are the caller's."""
+        lab_node = self.lab.node(node)
+        instance_id = launch_compute_node(self.clusters[lab_node.cluster], lab_node.ip)
+        self.node_of_instance[instance_id] = node
+        return instance_id
+
+    def terminate_node(self, node: str) -> str:
+        """ParallelCluster terminates the running instance of lab compute node ``node``; its instance id. The node's
+        daemons are the caller's."""
+        mirror = self.clusters[self.lab.node(node).cluster]
+        (instance_id,) = [i for i in mirror.compute_instance_ids if self.node_of_instance.get(i) == node]
+        terminate_node(mirror, instance_id)
+        return instance_id
 
     def rotate(self, federation: str, *, on_event=None, timeout: float = 600) -> dict[str, Any]:
         """Run the munge key rotation of ``federation`` as `sam remote invoke` with events/manual-rotate.json does."""

@@ -171,6 +171,18 @@ def terminate_node(cluster: ClusterInAws, instance_id: str) -> None:
     """ParallelCluster scales a compute node down (idle past ScaledownIdletime, or a Spot interruption)."""
     boto3.client("ec2", region_name=cluster.region).terminate_instances(InstanceIds=[instance_id])
     cluster.compute_instance_ids.remove(instance_id)
+    _release_private_ip(cluster.region, instance_id)
+
+
+def _release_private_ip(region: str, instance_id: str) -> None:
+    """EC2 frees a terminated instance's private IP, moto keeps it taken: free it, so that a node launched later
+    can get the address again (moto runs in this process, in the tests and in the lab)."""
+    from moto.core import DEFAULT_ACCOUNT_ID
+    from moto.ec2.models import ec2_backends
+
+    backend = ec2_backends[DEFAULT_ACCOUNT_ID][region]
+    instance = backend.get_instance(instance_id)
+    backend.get_subnet(instance.subnet_id).del_subnet_ip(instance.private_ip)
 
 
 # ---------------------------------------------------------------- the federation registry, as an administrator writes it
