@@ -81,7 +81,7 @@ def paired(lab_host) -> Iterator[tuple[Lab, LabCloud]]:
     with fresh_lab("rotfleet", "10.250.91.0/24", clusters) as lab:
         power_saving(lab, "alpha")
         with lab_cloud(lab, {"alpha": ALPHA_TAGS, "beta": BETA_TAGS},
-                       parameters={"VerifyDeadlineSeconds": "20"}) as cloud:
+                       parameters={"VerifyDeadlineSeconds": "45"}) as cloud:
             result = cloud.run(cloud.event_for("beta"))
             assert result["status"] == "SUCCEEDED", f"pairing beta: {result.get('cause')}"
             yield lab, cloud
