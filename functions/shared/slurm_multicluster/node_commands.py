@@ -118,6 +118,11 @@ def gone_instances(ec2: Any, instance_ids: list[str]) -> set[str]:
     return {i for i in instance_ids if states.get(i, "terminated") in GONE_STATES}
 
 
+def fleet_check(ec2: Any) -> GoneCheck:
+    """The ``gone_check`` of a run over compute and login nodes, which may go away (run_on_fleet)."""
+    return lambda instance_ids: gone_instances(ec2, instance_ids)
+
+
 @dataclass(frozen=True)
 class SentCommand:
     """A node script in flight, as one SSM command per batch of instances: collect() waits for every invocation."""
@@ -417,4 +422,4 @@ def run_on_fleet(ssm: Any, ec2: Any, instance_ids: list[str], script: str, param
     """run_script_checked for compute and login nodes, which come and go: a node shut down before or while its
     script runs is returned with ``gone`` set (EC2 says so), not raised; any other failure raises."""
     return run_script_checked(ssm, instance_ids, script, parameters,
-                              gone_check=lambda ids: gone_instances(ec2, ids), **kwargs)
+                              gone_check=fleet_check(ec2), **kwargs)

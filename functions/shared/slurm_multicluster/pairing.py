@@ -450,7 +450,7 @@ def restore_backups(clients: ClientFactory, request: PairingRequest, members: li
             timeout_seconds=config.node_command_timeout_seconds,
             comment=f"slurm-multicluster: roll back {new.cluster_name} ({request.execution_name})",
             gone_check=None if instance_ids == [new.head_node.instance_id]
-            else (lambda ids: node_commands.gone_instances(clients("ec2", new.region), ids)),
+            else node_commands.fleet_check(clients("ec2", new.region)),
         )
         restored.update({i: r.result for i, r in results.items() if not r.gone})
     failed = {i: r for i, r in restored.items() if not r.get("ok")}

@@ -601,7 +601,7 @@ def roll_back_member(clients: ClientFactory, step: MemberStep, config: Settings)
             results = node_commands.run_script(
                 ssm, instance_ids, script, script_parameters, timeout_seconds=config.node_command_timeout_seconds,
                 comment=f"slurm-multicluster: switch {member.cluster_name} {what} back to the previous munge key",
-                gone_check=None if what == "head node" else (lambda ids: node_commands.gone_instances(ec2, ids)),
+                gone_check=None if what == "head node" else node_commands.fleet_check(ec2),
             )
         except PairingError as error:
             failures.append(f"{what}: {error}")
