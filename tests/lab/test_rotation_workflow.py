@@ -166,7 +166,7 @@ def rotated(federation) -> Rotation:
 
     def watch(event: dict[str, Any]) -> None:  # what Slurm reports for the jobs while the rotation runs
         if "stateEnteredEventDetails" in event and event["stateEnteredEventDetails"]["name"] in (
-                "SwitchMembers", "TestFederation", "FinishRotation"):
+                "SwitchAccountingMember", "SwitchMembers", "TestFederation", "FinishRotation"):
             for name, (node, cluster, job) in jobs.items():
                 seen[name].add(job_state(lab, node, cluster, job) or "(slurmctld not answering)")
 

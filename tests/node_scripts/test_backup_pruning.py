@@ -14,7 +14,7 @@ import pytest
 from lab.cloud import load_template
 from node_fixture import REPO, SCRIPTS, file_sha, new_key, sha256
 
-IN_FLIGHT_HOURS = 12  # common.sh's BACKUP_IN_FLIGHT_SECONDS
+IN_FLIGHT_HOURS = 14  # common.sh's BACKUP_IN_FLIGHT_SECONDS
 
 
 def share_new_key(node) -> str:

@@ -47,6 +47,9 @@ class SimulatedNode:
     staged: dict[str, str] = field(default_factory=dict)  # backup id -> staged key fingerprint
     backups: dict[str, dict[str, str | None]] = field(default_factory=dict)  # backup id -> state before it
     slurmctld_up: bool = True
+    # head: its slurmctld registered with the federation's slurmdbd (a slurmctld restarted while that slurmdbd did
+    # not share its key stays unregistered: "Association database appears down", seen on real daemons)
+    registered: bool = True
     restarts: list[str] = field(default_factory=list)
 
 
@@ -66,6 +69,7 @@ class SimulatedFederation:
         self.switch_gate: threading.Event | None = None
         self.switch_started = threading.Event()
         self.calls: list[tuple[float, str, str]] = []  # (time, node, script)
+        self.finished: list[tuple[float, str, str]] = []  # (time, node, script) once the script returned
         self.labels_during_switch: dict[str, list[str]] | None = None
         self.secret_id = ""
         self.after_head_switch: list[Callable[[str], None]] = []  # called with the cluster, once its head switched
@@ -103,6 +107,8 @@ class SimulatedFederation:
             self.calls.append((time.monotonic(), node.name, script))
         handler = getattr(self, "_" + script.removesuffix(".sh").replace("-", "_"))
         result = handler(node, args)
+        with self._lock:
+            self.finished.append((time.monotonic(), node.name, script))
         failure = self.fail.get((node.name, script))
         if failure and result.get("ok"):
             result = {"ok": False, "changed": False, "error": failure, "rolledBack": True}
@@ -178,8 +184,8 @@ class SimulatedFederation:
             if self.labels_during_switch is None:
                 self.labels_during_switch = self._secrets().describe_secret(SecretId=self.secret_id)["VersionIdsToStages"]
             self.switch_started.set()
-            if self.switch_barrier is not None:
-                self.switch_barrier.wait()  # every member's switch runs at the same time, or this times out
+            if self.switch_barrier is not None and node.cluster != self.accounting:
+                self.switch_barrier.wait()  # every peer's switch runs at the same time, or this times out
             if self.switch_gate is not None:
                 self.switch_gate.wait(timeout=60)
         if flags.get("--from-shared-dir"):  # a node launched during a rotation: the key its head node shares
@@ -207,6 +213,7 @@ class SimulatedFederation:
             restarted += ["slurmdbd", "slurmctld"] if node.cluster == self.accounting else ["slurmctld"]
             if node.cluster in self.slurmctld_dies_after_switch:
                 node.slurmctld_up = False
+            self._register(node)
         else:
             restarted.append("slurmd")
         node.restarts += restarted
@@ -234,8 +241,13 @@ class SimulatedFederation:
             restarted.append("slurmctld")
         if node.role == "head" and "slurmctld" in restarted:
             node.slurmctld_up = True
+            self._register(node)
         node.restarts += restarted
         return {"ok": True, "changed": changed or bool(restarted), "found": before is not None, "restarted": restarted}
+
+    def _register(self, head: SimulatedNode) -> None:
+        """A head node's slurmctld (re)started: it registers only if the federation's slurmdbd runs its key now."""
+        head.registered = head.cluster == self.accounting or self.head(self.accounting).key_sha == head.key_sha
 
     def _report_munge_key(self, node: SimulatedNode, args: list[str]) -> dict[str, Any]:
         return {"ok": True, "changed": False, "mungeKeySha256": node.key_sha, "mungeActive": True}
@@ -247,7 +259,7 @@ class SimulatedFederation:
             problems.append("slurmctld does not answer scontrol show config")
         for peer in peers:
             head = self.head(peer)
-            if not head.slurmctld_up or head.key_sha != node.key_sha:
+            if not head.slurmctld_up or not head.registered or head.key_sha != node.key_sha:
                 problems.append(f"cluster {peer} has no ControlHost (its slurmctld is not connected to slurmdbd)")
                 problems.append(f"sbatch --clusters={peer} --test-only fails")
         bad = [f"{n.name} down*" for n in self.of(node.cluster) if n.role == "compute" and n.key_sha != node.key_sha]

@@ -236,7 +236,8 @@ def test_a_rotation_that_lost_its_lease_mid_switch_does_not_roll_back_over_the_n
     aws = rotation_aws
     queue = cloud.events_queue(REGION)
     aws.federation.switch_gate = threading.Event()
-    aws.federation.fail[("gamma-head", "install-munge-key.sh")] = "slurmctld did not come back after the key change"
+    # the accounting member switches first (SwitchAccountingMember): its failure sends the rotation to the rollback
+    aws.federation.fail[("alpha-head", "install-munge-key.sh")] = "slurmdbd did not come back after the key change"
     arn = aws.start()
     assert aws.federation.switch_started.wait(60), "the rotation never reached SwitchMembers"
     # The rotation outlives its lease and a pairing takes it over, in one write (no step may see it merely expired).
@@ -252,7 +253,7 @@ def test_a_rotation_that_lost_its_lease_mid_switch_does_not_roll_back_over_the_n
     assert "restore-backup.sh" not in _scripts(aws.federation)  # no rollback raced the new holder
     assert aws.labels() == labels  # the pending key was not discarded either
     order = states(result)
-    assert order.index("SwitchMembersFailed") < order.index("RollBackToPreviousKey") < order.index("LeaseLost") \
+    assert order.index("SwitchMembersFailed") < order.index("RollBackAccountingMember") < order.index("LeaseLost") \
         < order.index("ReportLeaseLost") < order.index("ReleaseFederationLease")
     assert "TestFederationOnPreviousKey" not in order and "DiscardPendingKey" not in order
     assert aws.lease()["holder"]["S"] == "pairing-of-delta"  # the new holder's lease is intact

@@ -126,7 +126,7 @@ def states(result: dict[str, Any]) -> list[str]:
 def test_rotation_moves_the_staging_labels_and_every_node_runs_the_new_key(rotation_aws):
     aws = rotation_aws
     old_sha = aws.current_key_sha()
-    aws.federation.switch_barrier = threading.Barrier(len(CLUSTERS), timeout=20)  # fan-out, not one by one
+    aws.federation.switch_barrier = threading.Barrier(len(CLUSTERS) - 1, timeout=20)  # the peers: fan-out
 
     result = aws.rotate()
 
@@ -162,6 +162,57 @@ def test_rotation_stages_everywhere_before_any_member_switches(rotation_aws):
     assert order.index("CreatePendingKey") < order.index("StagePendingKey") < order.index("SwitchMembers") \
         < order.index("TestFederation") < order.index("FinishRotation") < order.index("ReleaseFederationLease")
     assert order[-1] == "KeyRotated"
+
+
+def _head_script_times(aws, script: str) -> dict[str, tuple[float, float]]:
+    """cluster -> (start, end) of ``script`` on its head node (the last run)."""
+    starts = {node: t for t, node, s in aws.federation.calls if s == script and node.endswith("-head")}
+    ends = {node: t for t, node, s in aws.federation.finished if s == script and node.endswith("-head")}
+    return {node.removesuffix("-head"): (starts[node], ends[node]) for node in starts}
+
+
+def test_the_accounting_member_switches_before_any_peer_so_every_peer_registers(rotation_aws):
+    """A peer's slurmctld restarted while the federation's slurmdbd is restarting or still on the old key does not
+    register (real daemons: "Association database appears down", no ControlHost for tens of seconds): the
+    accounting member's head node is on the new key before any peer's head node switches."""
+    aws = rotation_aws
+    result = aws.rotate()
+
+    assert result["status"] == "SUCCEEDED", result.get("cause")
+    times = _head_script_times(aws, "install-munge-key.sh")
+    accounting_done = times["alpha"][1]
+    assert all(start > accounting_done for cluster, (start, _) in times.items() if cluster != "alpha"), times
+    assert all(aws.federation.head(c).registered for c in CLUSTERS)
+    order = states(result)
+    assert order.index("SwitchAccountingMember") < order.index("SwitchMembers") < order.index("TestFederation")
+
+
+def test_a_rollback_restores_the_accounting_member_before_any_peer(rotation_aws):
+    aws = rotation_aws
+    old_sha = aws.current_key_sha()
+    aws.federation.fail[("gamma-head", "install-munge-key.sh")] = "slurmctld did not come back after the key change"
+
+    result = aws.rotate()
+
+    assert_rolled_back(aws, result, old_sha)
+    times = _head_script_times(aws, "restore-backup.sh")
+    assert all(start > times["alpha"][1] for cluster, (start, _) in times.items() if cluster != "alpha"), times
+    assert all(aws.federation.head(c).registered for c in CLUSTERS)  # every peer registered on the old key
+
+
+def test_an_accounting_member_that_cannot_switch_stops_the_peers_from_switching(rotation_aws):
+    aws = rotation_aws
+    old_sha = aws.current_key_sha()
+    aws.federation.fail[("alpha-head", "install-munge-key.sh")] = "slurmdbd did not come back after the key change"
+
+    result = aws.rotate()
+
+    assert_rolled_back(aws, result, old_sha)
+    assert result["error"] == "SwitchMembersFailed"
+    assert "slurmdbd did not come back" in result["cause"]
+    switched = {node for _, node, script in aws.federation.calls if script == "install-munge-key.sh"}
+    assert switched == {"alpha-head"}  # no peer was switched to a key its slurmdbd does not run
+    assert "SwitchMembers" not in states(result) and "RollBackAccountingMember" in states(result)
 
 
 def test_rotating_twice_keeps_one_previous_key(rotation_aws):

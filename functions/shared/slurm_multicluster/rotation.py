@@ -73,6 +73,8 @@ class RotationPlan(StateModel):
     secret_arn: str
     secret_region: str
     accounting_cluster: str
+    # its place in the state's members: SwitchAccountingMember and RollBackAccountingMember take it first
+    accounting_index: int = 0
     clusters: list[str]
     current_sha256: str
     current_version_id: str
@@ -241,6 +243,7 @@ def check_prerequisites(clients: ClientFactory, request: RotationRequest, member
         secret_arn=arn,
         secret_region=accounting_member.region,
         accounting_cluster=accounting_member.cluster_name,
+        accounting_index=members.index(accounting_member),
         clusters=[m.cluster_name for m in members],
         current_sha256=federation_sha,
         current_version_id=current_version,

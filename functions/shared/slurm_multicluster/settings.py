@@ -22,7 +22,7 @@ class Settings(BaseModel):
     verify_deadline_seconds: int = 120
     stop_member_slurmdbd: bool = True
     federation_lease_table: str = ""
-    federation_lease_seconds: int = 43200
+    federation_lease_seconds: int = 46800
     munge_key_bytes: int = 1024
     unpair_removes_accounting: bool = False
 
@@ -57,7 +57,7 @@ def settings() -> Settings:
         verify_deadline_seconds=int(env.get("VERIFY_DEADLINE_SECONDS", "120")),
         stop_member_slurmdbd=env.get("STOP_MEMBER_SLURMDBD", "true").lower() == "true",
         federation_lease_table=env.get("FEDERATION_LEASE_TABLE", ""),
-        federation_lease_seconds=int(env.get("FEDERATION_LEASE_SECONDS", "43200")),
+        federation_lease_seconds=int(env.get("FEDERATION_LEASE_SECONDS", "46800")),
         munge_key_bytes=int(env.get("MUNGE_KEY_BYTES", "1024")),
         unpair_removes_accounting=env.get("UNPAIR_REMOVES_ACCOUNTING", "false").lower() == "true",
     )

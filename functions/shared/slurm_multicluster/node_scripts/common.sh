@@ -506,8 +506,8 @@ restore_paths() {
 KEEP_BACKUPS_DEFAULT=3
 RE_KEEP_BACKUPS='^[1-9][0-9]?$'
 # A set changed this recently may still be restored by the workflow run that made it: no run that restores
-# backups lasts longer than the rotation's 10 h (its TimeoutSeconds, 36000), so 12 h is past any rollback.
-BACKUP_IN_FLIGHT_SECONDS=43200
+# backups lasts longer than the rotation's 12 h (its TimeoutSeconds, 43200), so 14 h is past any rollback.
+BACKUP_IN_FLIGHT_SECONDS=50400
 
 check_keep_backups() { check_regex --keep-backups "$1" "$RE_KEEP_BACKUPS" "a number of backup sets from 1 to 99"; }
 
