@@ -96,6 +96,39 @@ def test_without_dry_run_a_drifted_cluster_whose_run_succeeded_is_repaired_and_f
     assert report.checked == ["beta", "delta"]
 
 
+def test_the_report_counts_each_federations_checked_members_for_the_dashboard(capfd, monkeypatch):
+    given = sweep.ReportInput.model_validate({
+        "request": {**REQUEST, "dryRun": True},
+        "results": [result("alpha", plan("alpha")), result("beta", plan("beta", key=True)),
+                    {**result("lab1", plan("lab1")), "federation": "lab"},
+                    result("delta", error="VerifyPairingFailed"),  # a failed check is no member the sweep saw work
+                    {**result("gone", plan("gone")), "workflow": "unpairing"}],
+    })
+    report = sweep.report(given)
+    assert report.members == {"hpc": 2, "lab": 1}  # in sync or drifted, not failed, not departed
+
+    # PublishSweepReport emits one FederationMembers metric per federation, as the dashboard's search finds it
+    monkeypatch.setenv("POWERTOOLS_METRICS_NAMESPACE", "SlurmMulticluster")
+    monkeypatch.setenv("POWERTOOLS_SERVICE_NAME", "slurm-multicluster")
+    monkeypatch.setenv("AWS_REGION", "us-east-1")
+    import json
+    import time
+    from pathlib import Path
+
+    from lab import cloud
+    handler = cloud._handler("PublishSweepReportFunction", Path(__file__).resolve().parents[2] / "functions"
+                             / "publish_sweep_report", "app.lambda_handler")
+    context = cloud.LambdaContext("PublishSweepReportFunction", "arn:aws:lambda:us-east-1:123456789012:function:"
+                                  "PublishSweepReportFunction", deadline=time.monotonic() + 30)
+    with mock_aws():
+        handler({"request": given.request.state(), "results": [r.state() for r in given.results]}, context)
+    emf = [json.loads(line) for line in capfd.readouterr().out.splitlines() if line.startswith("{") and '"_aws"' in line]
+    counted = sorted((d["federation"], d[sweep.MEMBERS_METRIC]) for d in emf if sweep.MEMBERS_METRIC in d)
+    assert counted == [("hpc", [2.0]), ("lab", [1.0])]  # EMF: a list per metric
+    body = cloud.load_template()["Resources"]["OperationsDashboard"]["Properties"]["DashboardBody"]["Fn::Sub"][0]
+    assert r"""SEARCH('{SlurmMulticluster,federation,service} MetricName=\"FederationMembers\"'""" in body
+
+
 def test_a_retried_start_finds_the_run_it_already_started(monkeypatch):
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
     with mock_aws():

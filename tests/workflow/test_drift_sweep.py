@@ -91,4 +91,4 @@ def test_the_scheduled_sweep_runs_with_the_template_input(moto_aws):
     assert result["status"] == "SUCCEEDED", result.get("cause")
     assert json.loads(result["output"]) == {
         "dryRun": True, "federation": None, "checked": [], "inSync": [], "drifted": [], "repaired": [], "failed": [],
-        "notAdmitted": [], "departed": [], "unpaired": [], "departedReaders": []}
+        "notAdmitted": [], "departed": [], "unpaired": [], "departedReaders": [], "members": {}}

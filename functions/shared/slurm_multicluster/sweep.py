@@ -33,6 +33,7 @@ logger = Logger(child=True)
 ClientFactory = Callable[[str, str], Any]
 
 REPORT_DETAIL_TYPE = "Slurm Federation Drift Report"
+MEMBERS_METRIC = "FederationMembers"  # per federation (dimension federation): the members each sweep checked
 FIRST_POLL_SECONDS = 2
 LONGEST_POLL_SECONDS = 30  # a pairing that repairs takes minutes on AWS: poll less often as it goes on
 
@@ -158,6 +159,8 @@ class SweepReport(StateModel):
     departed: list[DepartedLine] = []  # hold our rules but are no admitted, tagged member (unpaired without dryRun)
     unpaired: list[str] = []  # StackIds the sweep's unpairing runs unpaired
     departed_readers: list[DepartedReaders] = []  # revoked (revoked: true) without dryRun
+    # federation -> its members the sweep checked (in sync or drifted; failed checks are in ``failed``)
+    members: dict[str, int] = {}
 
 
 # ---------------------------------------------------------------- the request
@@ -437,6 +440,7 @@ def report(given: ReportInput) -> SweepReport:
     failed = [FailedCluster(cluster=u.cluster, error=f"not checked: {u.error}") for u in given.unchecked
               if not u.not_admitted]
     unpaired = []
+    members: dict[str, int] = {}
     for result in given.results:
         if result.workflow == "unpairing" and result.status == "SUCCEEDED" and result.plan:
             unpaired.append(str(result.plan.get("stackId")))
@@ -445,6 +449,7 @@ def report(given: ReportInput) -> SweepReport:
             failed.append(FailedCluster(cluster=result.cluster, federation=result.federation,
                                         error=f"{result.error}: {concise(result.cause)}" if result.cause else str(result.error)))
             continue
+        members[result.federation] = members.get(result.federation, 0) + 1
         items = drift_items(result.plan, rules.get(result.cluster, 0))
         if not items:
             in_sync.append(result.cluster)
@@ -466,6 +471,7 @@ def report(given: ReportInput) -> SweepReport:
                                reason=d.reason or "") for d in given.departed],
         unpaired=unpaired,
         departed_readers=given.departed_readers,
+        members=members,
     )
 
 
