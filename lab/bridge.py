@@ -220,7 +220,8 @@ def lab_cloud(
         def execute(command: cloud.RunCommand) -> tuple[int, str, str]:
             # the document's rendered text, run with sh on the node as the SSM agent runs it
             done = lab.sh(node_of_instance[command.instance_id], command.text,
-                          env=node_environment(lab, port, command.region), timeout=command.timeout)
+                          env=node_environment(lab, port, command.region), timeout=command.timeout,
+                          cancel=command.cancelled)
             return done.returncode, done.stdout, done.stderr
 
         stack.enter_context(cloud.real_lambda_handlers(deployment))

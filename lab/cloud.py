@@ -432,6 +432,8 @@ class RunCommand:
     parameters: dict[str, str]  # every parameter of the document, defaults filled in
     text: str  # the aws:runShellScript step's runCommand lines, parameters interpolated: the agent runs it with sh
     timeout: int  # the step's timeoutSeconds
+    # set by CancelCommand while it runs: the executor kills the command's processes, as the SSM agent does
+    cancelled: threading.Event = field(default_factory=threading.Event)
 
 
 Executor = Callable[[RunCommand], tuple[int, str, str]]  # -> (exit code, stdout, stderr)
@@ -528,7 +530,8 @@ def ssm_runs_on(executor: Executor, routable: Callable[[str], bool],
                 registered: Callable[[str], bool] | None = None) -> Iterator[list[dict[str, Any]]]:
     """Make moto's SSM run Command documents as SSM does, each rendered invocation through ``executor``;
     yields the list of invocations sent (command id, instance, document name, parameters, comment, and
-    ``Cancelled: True`` once a CancelCommand reached it while it ran).
+    ``Cancelled: True`` once a CancelCommand reached it while it ran). A CancelCommand sets the running
+    invocation's ``RunCommand.cancelled``: an executor that can, kills the command's processes then.
 
     Instances that ``routable`` rejects behave like instances without the SSM agent: SendCommand fails with
     InvalidInstanceId, as it does on AWS. DescribeInstanceInformation lists the instances ``registered`` accepts
@@ -540,6 +543,7 @@ def ssm_runs_on(executor: Executor, routable: Callable[[str], bool],
     from moto.ssm import responses as ssm_responses
 
     sent: list[dict[str, Any]] = []
+    running: dict[tuple[str, str], RunCommand] = {}  # (command id, instance id) -> the invocation still running
     original_send = ssm_models.SimpleSystemManagerBackend.send_command
     original_response = ssm_models.Command.invocation_response
     original_targets = ssm_models.Command._get_instance_ids_from_targets
@@ -557,13 +561,16 @@ def ssm_runs_on(executor: Executor, routable: Callable[[str], bool],
         return moto_targets(self) if self.targets else []  # moto fans InstanceIds out to every instance
 
     def cancel_command(self: Any, command_id: str, instance_ids: list[str]) -> None:
-        # SSM's CancelCommand (moto has none): an invocation not yet final ends Cancelled; the executor's later
-        # result is dropped (the lab does not kill the process it started)
+        # SSM's CancelCommand (moto has none): an invocation not yet final ends Cancelled, its executor is told to
+        # kill it (the agent terminates the command's process), and its later result is dropped
         command = self.get_command_by_id(command_id)
         for invocation in command.invocations:
             if (not instance_ids or invocation["InstanceId"] in instance_ids) and invocation["Status"] in (
                     "Pending", "InProgress", "Delayed"):
                 invocation.update(Status="Cancelled", StatusDetails="Cancelled", ResponseCode=-1)
+                run_command = running.get((command_id, invocation["InstanceId"]))
+                if run_command is not None:
+                    run_command.cancelled.set()
                 for record in sent:
                     if record["CommandId"] == command_id and record["InstanceId"] == invocation["InstanceId"]:
                         record["Cancelled"] = True
@@ -596,14 +603,19 @@ def ssm_runs_on(executor: Executor, routable: Callable[[str], bool],
         backend = ssm_models.ssm_backends[self.account_id][self.backend_region]
         values, text, timeout = _prepare_command(backend, self.document_name, self.parameters)
         command = RunCommand(instance_id, self.backend_region, self.document_name, values, text, timeout)
+        running[(self.command_id, instance_id)] = command
         sent.append({"CommandId": self.command_id, "InstanceId": instance_id, "DocumentName": self.document_name,
                      "Parameters": self.parameters, "Comment": self.comment})
+
+        command_id = self.command_id
 
         def run() -> None:
             try:
                 code, stdout, stderr = executor(command)
             except Exception as error:  # the agent reports a failed invocation, not a crash
                 code, stdout, stderr = 1, "", f"executor error: {error}"
+            finally:
+                running.pop((command_id, instance_id), None)
             if invocation["Status"] == "Cancelled":
                 return
             status = "Success" if code == 0 else "Failed"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import grp
 import hashlib
@@ -12,8 +13,10 @@ import pwd
 import re
 import secrets
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -338,11 +341,13 @@ class Lab:
         return pid
 
     def exec(self, node: str, argv: list[str], *, env: dict | None = None, input: str | bytes | None = None,
-             timeout: float | None = 60, cwd: str = "/", check: bool = False, capture: bool = True
-             ) -> subprocess.CompletedProcess:
+             timeout: float | None = 60, cwd: str = "/", check: bool = False, capture: bool = True,
+             cancel: threading.Event | None = None) -> subprocess.CompletedProcess:
         """Run argv on a node (its network, hostname and mounts) as root and return the completed process
         (text; bytes input is passed through losslessly). The environment is a clean login-like one
-        (PATH with the lab's systemctl first) updated with `env`. capture=False lets output through."""
+        (PATH with the lab's systemctl first) updated with `env`. capture=False lets output through.
+        Once `cancel` is set, the command's whole process group is killed (SIGKILL), as the SSM agent kills a
+        cancelled command: daemons it started under setsid live on, as they do under systemd."""
         pid = self.holder_pid(node)
         full_env = {"PATH": self.node_path, "HOME": "/root", "USER": "root", "LOGNAME": "root",
                     "SHELL": "/bin/sh", "LANG": "C.UTF-8"}
@@ -351,10 +356,37 @@ class Lab:
             input = input.decode("utf-8", "surrogateescape")
         cmd = ["nsenter", "-t", str(pid), "-n", "-u", "-m", f"--wdns={cwd}", "--", "/bin/sh", "-c", EXEC_GATE,
                argv[0], *argv]
+        if cancel is not None:
+            return self._exec_cancellable(node, argv, cmd, full_env, input, timeout, cancel, check)
         cp = subprocess.run(cmd, env=full_env, input=input, capture_output=capture, text=True, encoding="utf-8",
                             errors="surrogateescape", timeout=timeout,
                             stdin=None if input is not None or not capture else subprocess.DEVNULL)
         cp.args = argv
+        if check and cp.returncode != 0:
+            raise LabError(f"{node}: {' '.join(argv)} exited {cp.returncode}: {(cp.stderr or '').strip()}")
+        return cp
+
+    def _exec_cancellable(self, node: str, argv: list[str], cmd: list[str], env: dict, input: str | None,
+                          timeout: float | None, cancel: threading.Event, check: bool) -> subprocess.CompletedProcess:
+        proc = subprocess.Popen(cmd, env=env, stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, encoding="utf-8",
+                                errors="surrogateescape", start_new_session=True)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        pending_input = input
+        while True:
+            try:
+                stdout, stderr = proc.communicate(pending_input, timeout=0.2)
+                break
+            except subprocess.TimeoutExpired:
+                pending_input = None  # communicate() already sent it
+                if cancel.is_set() or (deadline is not None and time.monotonic() >= deadline):
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(proc.pid, signal.SIGKILL)
+                    stdout, stderr = proc.communicate()
+                    if not cancel.is_set():
+                        raise subprocess.TimeoutExpired(argv, timeout or 0, stdout, stderr) from None
+                    break
+        cp = subprocess.CompletedProcess(argv, proc.returncode, stdout, stderr)
         if check and cp.returncode != 0:
             raise LabError(f"{node}: {' '.join(argv)} exited {cp.returncode}: {(cp.stderr or '').strip()}")
         return cp

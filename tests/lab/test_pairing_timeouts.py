@@ -66,9 +66,12 @@ def test_a_sync_munge_key_lambda_that_would_time_out_with_its_command_running_is
             # execution would not end within this timeout (the test removes HOLD only afterwards).
             result, _ = run_logged(cloud, cloud.event_for("beta"), timeout=180)
 
-            # the install on beta-compute-1 is still blocked, the execution over
+            # the execution is over, and the cancel killed the blocked install on beta-compute-1 (as the SSM agent
+            # kills a cancelled command): it can never change the node after the compensation
             waiting = lab.exec("beta-compute-1", ["cat", WAITING], check=True).stdout.split()
-            assert all(_alive(lab, "beta-compute-1", pid) for pid in waiting)
+            wait_until(lambda: not any(_alive(lab, "beta-compute-1", pid) for pid in waiting), 30,
+                       "the cancelled install-munge-key.sh killed on beta-compute-1")
+            assert lab.exec("beta-compute-1", ["test", "-e", HOLD]).returncode == 0  # killed, not released
             assert result["status"] == "FAILED"
             assert result["error"] == "SyncMungeKeyFailed"
             # "<error>: <the Lambda's error>", as the SyncMungeKeyFailed state formats it
@@ -96,10 +99,7 @@ def test_a_sync_munge_key_lambda_that_would_time_out_with_its_command_running_is
             assert our_rules() == []
             assert [e["detail-type"] for e in published(queue)] == ["Slurm Cluster Pairing Failed"]
     finally:
-        # release the blocked install: its flock gives up, the script fails before changing anything
         lab.exec("beta-compute-1", ["rm", "-f", HOLD], check=True)
-    wait_until(lambda: not any(_alive(lab, "beta-compute-1", pid) for pid in waiting), 30,
-               "the released install-munge-key.sh gone from beta-compute-1")
     lab.exec("beta-compute-1", ["rm", "-f", "/usr/local/bin/flock", WAITING], check=True)
     # compensated: beta's keys and config as before, and beta runs its own jobs as before
     assert {n: sha256(lab, n, KEY) for n in keys} == keys
