@@ -65,6 +65,35 @@ def test_verify_treats_drained_and_not_responding_nodes_as_bad(node):
     assert result.json["badNodes"] == ["c1 drained", "c2 idle*"]
 
 
+def test_verify_does_not_count_nodes_in_power_saving_as_bad(node):
+    """ParallelCluster's dynamic nodes without an instance are powered down (`idle~`); a node whose instance
+    clustermgtd terminated is `down~` until reset; one booting is `#`, one being terminated `%`. None runs a
+    slurmd (so no key): a rotation must not roll back for them."""
+    registered(node, alpha={"host": "10.0.0.10", "port": 6820}, beta={"host": "10.0.1.20", "port": 6820})
+    node.update_state(nodes=[["q-dy-c5-1", "idle~"], ["q-dy-c5-2", "down~"], ["q-dy-c5-3", "drained~"],
+                             ["q-st-c5-1", "idle#"], ["q-dy-c5-4", "allocated%"], ["q-st-c5-2", "mixed"]])
+
+    result = node.run("verify-member.sh", "--peers", "beta", "--deadline", "2")
+
+    assert result.returncode == 0, result.stderr
+    assert result.json["badNodes"] == []
+    assert result.json["poweredDownNodes"] == ["q-dy-c5-1 idle~", "q-dy-c5-2 down~", "q-dy-c5-3 drained~",
+                                               "q-st-c5-1 idle#", "q-dy-c5-4 allocated%"]
+
+
+def test_verify_still_counts_a_running_node_that_stopped_responding(node):
+    """A node with an instance that does not answer (`*`, e.g. a slurmd on another key) is bad, powered-down
+    neighbours or not."""
+    registered(node, alpha={"host": "10.0.0.10", "port": 6820}, beta={"host": "10.0.1.20", "port": 6820})
+    node.update_state(nodes=[["q-dy-c5-1", "idle~"], ["q-st-c5-1", "mixed*"], ["q-st-c5-2", "down"]])
+
+    result = node.run("verify-member.sh", "--peers", "beta", "--deadline", "1")
+
+    assert result.returncode == 1
+    assert result.json["badNodes"] == ["q-st-c5-1 mixed*", "q-st-c5-2 down"]
+    assert result.json["poweredDownNodes"] == ["q-dy-c5-1 idle~"]
+
+
 # ---------------------------------------------------------------- munge-credential.sh
 
 

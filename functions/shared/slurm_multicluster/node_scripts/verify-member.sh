@@ -13,10 +13,14 @@
 #      from `scontrol show config`) and every peer, each with a ControlHost (its slurmctld registered);
 #   2. `sbatch --clusters=PEER --test-only --wrap true` succeeds for every peer;
 #   3. no node of this cluster is DOWN, DRAIN(ED/ING), FAIL(ING), NOT_RESPONDING (`*`) or still UNKNOWN.
+#      Nodes in power saving are not checked, whatever their base state: powered down (`~`, ParallelCluster's
+#      dynamic nodes with no instance, and nodes whose instance clustermgtd terminated), powering down (`%`)
+#      and powering up (`#`, an instance booting: it takes the key from the shared munge dir). They run no
+#      slurmd, so no key; they are reported in poweredDownNodes, never as bad.
 # Read-only: submits nothing (--test-only).
 # Last stdout line, one JSON object: ok, changed (false), cluster, clusters ({name: {controlHost,
-# controlPort}}), submit ({peer: bool}), badNodes (["node state", ...]), elapsedSeconds, mungeKeySha256 (the
-# fingerprint of the key this node runs, never the key) [, error].
+# controlPort}}), submit ({peer: bool}), badNodes (["node state", ...]), poweredDownNodes (["node state", ...]),
+# elapsedSeconds, mungeKeySha256 (the fingerprint of the key this node runs, never the key) [, error].
 # Exit status: 0 verified, 1 not verified by the deadline, 2 invalid input.
 set -euo pipefail
 # shellcheck source-path=SCRIPTDIR source=common.sh
@@ -50,6 +54,7 @@ deadline=$((started + deadline_seconds))
 self=""
 declare -A control_host=() control_port=() submit_ok=()
 bad_nodes=()
+powered_down_nodes=()
 problems=()
 
 # bounded CMD...: run CMD with a timeout of the time left (at least 1 s, at most 30 s).
@@ -102,9 +107,17 @@ check_round() {
     done
 
     bad_nodes=()
+    powered_down_nodes=()
     if output=$(bounded sinfo -h -N -o '%N %T' 2>/dev/null); then
         while read -r node state _; do
             [[ -n $node ]] || continue
+            case $state in
+                *[~%#]*)
+                    case " ${powered_down_nodes[*]-} " in *" $node $state "*) continue ;; esac
+                    powered_down_nodes+=("$node $state")
+                    continue
+                    ;;
+            esac
             base=${state%%[*~#%!\$@^-]*}
             base=${base,,}
             case $base in
@@ -138,6 +151,7 @@ report() {
     result_raw clusters "$clusters}"
     result_raw submit "$submit}"
     result_list badNodes ${bad_nodes[@]+"${bad_nodes[@]}"}
+    result_list poweredDownNodes ${powered_down_nodes[@]+"${powered_down_nodes[@]}"}
     result_raw elapsedSeconds "$(($(now) - started))"
     result_str_or_null mungeKeySha256 "$(sha256_of "$MUNGE_KEY_FILE")"
 }
