@@ -5,7 +5,8 @@ after the cluster with `parallelcluster:*` tags plus the user's tags, a `HeadNod
 node instance and compute nodes tagged `parallelcluster:cluster-name` / `parallelcluster:node-type`, and with login
 nodes (3.7+) a `LoginNodesSecurityGroup` (the logical id in ParallelCluster's cluster_stack.py
 `_add_login_nodes_security_group`, one group for every pool without its own SecurityGroups) holding instances tagged
-`parallelcluster:node-type=LoginNode` and `parallelcluster:login-nodes-pool-name`.
+`parallelcluster:node-type=LoginNode` and `parallelcluster:login-nodes-pool-name`. Compute and login nodes are
+launched from launch templates of the stack, as ParallelCluster's are: EC2 tags them `aws:ec2launchtemplate:id`.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ class ClusterInAws:
     compute_instance_ids: list[str] = field(default_factory=list)
     login_instance_ids: list[str] = field(default_factory=list)
     login_security_group_id: str | None = None
+    compute_launch_template_id: str | None = None  # the one its compute nodes launch from
 
     @property
     def instance_ids(self) -> list[str]:
@@ -71,14 +73,26 @@ def _instance_profile(region: str, cluster: str) -> tuple[str, str]:
     return f"{cluster[:30]}-HeadNodeProfile-{suffix}", role
 
 
-def _run(region: str, network: Network, ip: str, group: str, tags: dict[str, str], profile: str | None = None) -> str:
-    kwargs = {"IamInstanceProfile": {"Name": profile}} if profile else {}
+def _run(region: str, network: Network, ip: str, group: str, tags: dict[str, str], profile: str | None = None,
+         launch_template: str | None = None) -> str:
+    kwargs: dict = {"IamInstanceProfile": {"Name": profile}} if profile else {}
+    if launch_template:  # EC2 then tags the instance aws:ec2launchtemplate:id (moto as AWS)
+        kwargs["LaunchTemplate"] = {"LaunchTemplateId": launch_template}
     return boto3.client("ec2", region_name=region).run_instances(
         ImageId=AMI, MinCount=1, MaxCount=1, InstanceType="c6g.large", SubnetId=network.subnet_id,
         PrivateIpAddress=ip, SecurityGroupIds=[group],
         TagSpecifications=[{"ResourceType": "instance", "Tags": [{"Key": k, "Value": v} for k, v in tags.items()]}],
         **kwargs,
     )["Instances"][0]["InstanceId"]
+
+
+COMPUTE_LAUNCH_TEMPLATE = "LaunchTemplate9a1c0e5d2b7f4e83"
+LOGIN_LAUNCH_TEMPLATE = "LoginNodeLaunchTemplate4f2b8d61c0a9e375"
+
+
+def _stack_resource(cloudformation, stack: str, logical_id: str) -> str:
+    return cloudformation.describe_stack_resource(StackName=stack, LogicalResourceId=logical_id)[
+        "StackResourceDetail"]["PhysicalResourceId"]
 
 
 def create_cluster(
@@ -109,7 +123,18 @@ def create_cluster(
             }
         }
     }
+    # The launch templates ParallelCluster's compute resources and login pools launch from (queues_stack.py
+    # LaunchTemplate<hash>, login_nodes_stack.py LoginNodeLaunchTemplate<hash>). ParallelCluster keeps them in
+    # nested stacks; here they sit in the cluster stack (moto's nested stacks lack ParentId, notes/moto.md).
+    template["Resources"][COMPUTE_LAUNCH_TEMPLATE] = {
+        "Type": "AWS::EC2::LaunchTemplate",
+        "Properties": {"LaunchTemplateName": f"{name}-queue1-cr1", "LaunchTemplateData": {"ImageId": AMI}},
+    }
     if login_ips:
+        template["Resources"][LOGIN_LAUNCH_TEMPLATE] = {
+            "Type": "AWS::EC2::LaunchTemplate",
+            "Properties": {"LaunchTemplateName": f"{name}-{login_pool}", "LaunchTemplateData": {"ImageId": AMI}},
+        }
         template["Resources"]["LoginNodesSecurityGroup"] = {
             "Type": "AWS::EC2::SecurityGroup",
             "Properties": {"GroupDescription": "Enable access to the login nodes", "VpcId": network.vpc_id},
@@ -128,8 +153,10 @@ def create_cluster(
                            "aws:cloudformation:logical-id": "HeadNode"}
     head = _run(region, network, head_ip, group, {**node_tags, **cloudformation_tags,
                                                   "parallelcluster:node-type": "HeadNode", "Name": "HeadNode"}, profile)
+    compute_template = _stack_resource(cloudformation, name, COMPUTE_LAUNCH_TEMPLATE)
     computes = [
-        _run(region, network, ip, group, {**node_tags, "parallelcluster:node-type": "Compute", "Name": "Compute"})
+        _run(region, network, ip, group, {**node_tags, "parallelcluster:node-type": "Compute", "Name": "Compute"},
+             launch_template=compute_template)
         for ip in compute_ips
     ]
     login_group = logins = None
@@ -139,10 +166,12 @@ def create_cluster(
         logins = [
             _run(region, network, ip, login_group, {**node_tags, "parallelcluster:node-type": "LoginNode",
                                                     "parallelcluster:login-nodes-pool-name": login_pool,
-                                                    "Name": "LoginNode"})
+                                                    "Name": "LoginNode"},
+                 launch_template=_stack_resource(cloudformation, name, LOGIN_LAUNCH_TEMPLATE))
             for ip in login_ips
         ]
-    cluster = ClusterInAws(name, region, stack_id, group, head, role_arn, computes, logins or [], login_group)
+    cluster = ClusterInAws(name, region, stack_id, group, head, role_arn, computes, logins or [], login_group,
+                           compute_template)
     if admit == "auto":
         federation = (tags or {}).get(FEDERATION_TAG)
         admit = None if federation is None else "accounting" if (tags or {}).get(LAB_ACCOUNTING_TAG) == "accounting" else "member"
@@ -162,7 +191,8 @@ def launch_compute_node(cluster: ClusterInAws, ip: str) -> str:
     network = Network(cluster.region, head["VpcId"], head["SubnetId"], "")
     tags = {"parallelcluster:cluster-name": cluster.name, "parallelcluster:version": PCLUSTER_VERSION,
             "parallelcluster:node-type": "Compute", "Name": "Compute"}
-    instance_id = _run(cluster.region, network, ip, cluster.security_group_id, tags)
+    instance_id = _run(cluster.region, network, ip, cluster.security_group_id, tags,
+                       launch_template=cluster.compute_launch_template_id)
     cluster.compute_instance_ids.append(instance_id)
     return instance_id
 

@@ -150,19 +150,69 @@ def instance_role_arn(iam: Any, instance: dict[str, Any]) -> str | None:
     return roles[0]["Arn"] if roles else None
 
 
-def node_instance_ids(ec2: Any, cluster_name: str, node_type: str) -> list[str]:
-    """Running instances of one ParallelCluster node type (Compute, LoginNode) of a cluster."""
-    return sorted(i["InstanceId"] for i in instances(ec2, cluster_filters(cluster_name, node_type)))
+# EC2's own tag on every instance launched from a launch template (EC2 User Guide, "Launch EC2 instances using a
+# launch template"): the `aws:` prefix is reserved, no user can set or change it.
+LAUNCH_TEMPLATE_TAG = "aws:ec2launchtemplate:id"
+LAUNCH_TEMPLATE_ID = v.LAUNCH_TEMPLATE_ID
+NESTED_STACK_DEPTH = 3  # ParallelCluster: cluster stack -> ComputeFleet queues stacks, login nodes stack
+
+
+def stack_launch_templates(cloudformation: Any, stack_id: str) -> set[str]:
+    """The launch templates of the stack and of its nested stacks. ParallelCluster creates one per compute
+    resource in its queues stacks (queues_stack.py, ``LaunchTemplate<hash>``, used by the head node's resume
+    program through CreateFleet/RunInstances) and one per login node pool in its login nodes stack
+    (login_nodes_stack.py, ``LoginNodeLaunchTemplate<hash>``, used by the pool's Auto Scaling group)."""
+    found: set[str] = set()
+    stacks, seen = [v.require(v.STACK_ARN, stack_id, "stack ARN")], set()
+    for _ in range(NESTED_STACK_DEPTH):
+        nested = []
+        for stack in stacks:
+            seen.add(stack)
+            for page in cloudformation.get_paginator("list_stack_resources").paginate(StackName=stack):
+                for resource in page["StackResourceSummaries"]:
+                    physical = resource.get("PhysicalResourceId") or ""
+                    if resource["ResourceType"] == "AWS::EC2::LaunchTemplate" and LAUNCH_TEMPLATE_ID.fullmatch(physical):
+                        found.add(physical)
+                    # AWS names a nested stack by its ARN (moto by its name, notes/moto.md)
+                    elif resource["ResourceType"] == "AWS::CloudFormation::Stack" and physical not in seen and (
+                            v.STACK_ARN.fullmatch(physical) or v.STACK_NAME.fullmatch(physical)):
+                        nested.append(physical)
+        stacks = nested
+    return found
+
+
+def cluster_nodes(ec2: Any, cloudformation: Any, cluster_name: str, stack_id: str,
+                  node_types: tuple[str, ...] = ("Compute", "LoginNode"),
+                  states: tuple[str, ...] = ("running",)) -> list[dict[str, Any]]:
+    """The cluster's compute and login node instances: tagged ``parallelcluster:cluster-name`` and
+    ``parallelcluster:node-type`` (which anyone who can tag an instance can set) AND launched from one of the
+    launch templates of the cluster's stack (EC2's ``aws:ec2launchtemplate:id``, which no one can set). An
+    instance with the tags only gets nothing from us: no federation group, no node script, no prefix-list entry."""
+    tagged = [i for node_type in node_types for i in instances(ec2, cluster_filters(cluster_name, node_type, states))]
+    if not tagged:
+        return []
+    templates = stack_launch_templates(cloudformation, stack_id)
+    nodes = []
+    for instance in tagged:
+        template = {t["Key"]: t["Value"] for t in instance.get("Tags", [])}.get(LAUNCH_TEMPLATE_TAG)
+        if template in templates:
+            nodes.append(instance)
+        else:
+            logger.warning("instance carries the cluster's node tags but was not launched from a launch template "
+                           "of its stack: ignored", extra={"cluster": cluster_name, "instanceId": instance["InstanceId"],
+                                                          "launchTemplate": template})
+    return nodes
 
 
 FLEET_NODE_TYPES = ("Compute", "LoginNode")
 
 
-def fleet(ec2: Any, cluster_name: str) -> dict[str, float]:
-    """The cluster's running compute and login nodes as they are now (ParallelCluster launches and terminates
-    them all the time): instance id -> launch time (epoch seconds)."""
-    return {i["InstanceId"]: i["LaunchTime"].timestamp()
-            for node_type in FLEET_NODE_TYPES for i in instances(ec2, cluster_filters(cluster_name, node_type))}
+def fleet(clients: ClientFactory, member: Member) -> dict[str, float]:
+    """The member's running compute and login nodes as they are now (ParallelCluster launches and terminates
+    them all the time; cluster_nodes): instance id -> launch time (epoch seconds)."""
+    nodes = cluster_nodes(clients("ec2", member.region), clients("cloudformation", member.region),
+                          member.cluster_name, member.stack_id, FLEET_NODE_TYPES)
+    return {i["InstanceId"]: i["LaunchTime"].timestamp() for i in nodes}
 
 
 def stack_security_groups(cloudformation: Any, stack: str) -> list[str]:
@@ -177,11 +227,10 @@ def stack_security_groups(cloudformation: Any, stack: str) -> list[str]:
     ]
 
 
-def node_sources(ec2: Any, cloudformation: Any, cluster_name: str, stack_id: str) -> tuple[list[str], list[list[str]]]:
-    """(subnet CIDRs, distinct security group sets) of a cluster's running login and compute nodes: where its
-    users' submissions to a peer come from. In each set the groups its stack created come first (a group shared
-    with hosts outside the cluster is the last choice as a rule's source)."""
-    nodes = [i for node_type in ("LoginNode", "Compute") for i in instances(ec2, cluster_filters(cluster_name, node_type))]
+def node_sources(cloudformation: Any, ec2: Any, stack_id: str, nodes: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
+    """(subnet CIDRs, distinct security group sets) of a cluster's running login and compute nodes (cluster_nodes):
+    where its users' submissions to a peer come from. In each set the groups its stack created come first (a group
+    shared with hosts outside the cluster is the last choice as a rule's source)."""
     cidrs = sorted(set(subnet_cidrs(ec2, [i["SubnetId"] for i in nodes if i.get("SubnetId")])))
     owned = set(stack_security_groups(cloudformation, stack_id)) if nodes else set()
     # The groups of its network interfaces: what its traffic carries (a queue's AdditionalSecurityGroups included).
@@ -196,17 +245,23 @@ def member(clients: ClientFactory, stack: dict[str, Any], region: str, federatio
     """Describe one admitted member cluster from its stack; the registry says whether it is the accounting one."""
     name = v.require(v.CLUSTER_NAME, stack["StackName"], "cluster name")
     stack_id = v.require(v.STACK_ARN, stack["StackId"], "stack ARN")
-    ec2 = clients("ec2", region)
-    node_cidrs, node_groups = node_sources(ec2, clients("cloudformation", region), name, stack_id)
+    ec2, cloudformation = clients("ec2", region), clients("cloudformation", region)
+    nodes = cluster_nodes(ec2, cloudformation, name, stack_id)
+    node_cidrs, node_groups = node_sources(cloudformation, ec2, stack_id, nodes)
+
+    def of_type(node_type: str) -> list[str]:
+        return sorted(i["InstanceId"] for i in nodes
+                      if {t["Key"]: t["Value"] for t in i.get("Tags", [])}.get(NODE_TYPE_TAG) == node_type)
+
     return Member(
         cluster_name=name,
         stack_id=stack_id,
         region=region,
         federation=federation.name,
         is_accounting=federation.is_accounting(stack_id),
-        head_node=head_node(ec2, clients("iam", region), clients("cloudformation", region), name, stack_id),
-        compute_instance_ids=node_instance_ids(ec2, name, "Compute"),
-        login_instance_ids=node_instance_ids(ec2, name, "LoginNode"),
+        head_node=head_node(ec2, clients("iam", region), cloudformation, name, stack_id),
+        compute_instance_ids=of_type("Compute"),
+        login_instance_ids=of_type("LoginNode"),
         node_subnet_cidrs=node_cidrs,
         node_security_group_sets=node_groups,
     )

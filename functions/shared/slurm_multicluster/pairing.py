@@ -316,7 +316,7 @@ def sync_munge_key(clients: ClientFactory, the_plan: Plan, members: list[Member]
     # launched since the plan may have booted with the old shared key; nodes shut down since are no failure)
     ec2 = clients("ec2", new.region)
     known = set(new.compute_instance_ids + new.login_instance_ids)
-    running = discovery.fleet(ec2, new.cluster_name)
+    running = discovery.fleet(clients, new)
     nodes = sorted(i for i in running if i in the_plan.munge_key.install_on_instances or i not in known)
     if nodes:
         results = node_commands.run_on_fleet(

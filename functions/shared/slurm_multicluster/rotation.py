@@ -340,7 +340,7 @@ def _switch_fleet(clients: ClientFactory, member: Member, parameters: dict[str, 
     nodes: dict[str, Any] = {}
     seen: set[str] = set()
     for _ in range(FLEET_PASSES):
-        running = discovery.fleet(ec2, member.cluster_name)
+        running = discovery.fleet(clients, member)
         todo = sorted(set(running) - seen)
         if not todo:
             break
@@ -476,7 +476,7 @@ def _check_fleet_keys(clients: ClientFactory, members: list[Member], expect_sha2
         ssm, ec2 = clients_by_region[member.region]
 
         def run() -> dict[str, NodeResult]:
-            running = sorted(discovery.fleet(ec2, member.cluster_name))
+            running = sorted(discovery.fleet(clients, member))
             reachable = sorted(discovery.ssm_online(ssm, running)) if running else []
             return node_commands.run_on_fleet(
                 ssm, ec2, reachable, "report-munge-key.sh", {}, timeout_seconds=120,
@@ -613,7 +613,7 @@ def roll_back_member(clients: ClientFactory, step: MemberStep, config: Settings)
         failures.extend(f"{i}: {r.result.get('error') or r.status}" for i, r in results.items() if not r.ok and not r.gone)
 
     attempt([member.head_node.instance_id], "restore-backup.sh", parameters, "head node")
-    running = sorted(discovery.fleet(ec2, member.cluster_name))
+    running = sorted(discovery.fleet(clients, member))
     online = discovery.ssm_online(ssm, running) if running else set()
     if running:
         attempt([i for i in running if i in online or i in _other_nodes(member)], "restore-backup.sh", parameters,

@@ -17,6 +17,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from aws_lambda_powertools import Logger
+from botocore.exceptions import ClientError
 
 from slurm_multicluster import discovery, ingress, munge_secret, node_commands, pairing, registry
 from slurm_multicluster import validation as v
@@ -127,6 +128,22 @@ def discover_departure(clients: ClientFactory, request: PairingRequest, config: 
     return departure
 
 
+def _departing_nodes(clients: ClientFactory, departure: Departure) -> list[dict[str, Any]]:
+    """The departing cluster's compute and login nodes still up (discovery.cluster_nodes). ListStackResources
+    answers for a deleted stack by its ARN for 90 days (AWS); a stack it no longer knows has no nodes left to
+    detach: they went with it."""
+    assert departure.stack_id
+    try:
+        return discovery.cluster_nodes(clients("ec2", departure.region), clients("cloudformation", departure.region),
+                                       departure.cluster_name, departure.stack_id, states=STILL_UP)
+    except ClientError as error:
+        if "does not exist" not in error.response["Error"].get("Message", ""):
+            raise
+        logger.info("stack gone: no nodes of it to detach from the federation group",
+                    extra={"stack": departure.stack_id})
+        return []
+
+
 def revoke_departing_ingress(clients: ClientFactory, departure: Departure, config: Settings) -> list[AddedRule]:
     """Revoke every rule of ours that sits on, references or names the departing cluster (idempotent)."""
     assert departure.federation
@@ -138,8 +155,7 @@ def revoke_departing_ingress(clients: ClientFactory, departure: Departure, confi
     # Nodes that keep running (an opt-out) no longer carry the federation's group (a stack's own region only).
     ec2 = clients("ec2", departure.region)
     head = _head_instance(ec2, departure.stack_id)
-    nodes = [i for kind in ("LoginNode", "Compute")
-             for i in discovery.instances(ec2, discovery.cluster_filters(departure.cluster_name, kind, STILL_UP))]
+    nodes = _departing_nodes(clients, departure)
     for instance in ([head] if head is not None and head["State"]["Name"] in STILL_UP else []) + nodes:
         ingress.detach_federation_groups(ec2, instance, departure.federation, config.deployment_id)
     return revoked

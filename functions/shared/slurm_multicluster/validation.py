@@ -21,6 +21,7 @@ STACK_ARN = re.compile(
     r"stack/(?P<name>[A-Za-z][A-Za-z0-9-]{0,127})/[0-9a-f-]{36}$"
 )
 INSTANCE_ID = re.compile(r"^i-[0-9a-f]{8,17}$")
+LAUNCH_TEMPLATE_ID = re.compile(r"^lt-[0-9a-f]{8,17}$")
 SECURITY_GROUP_ID = re.compile(r"^sg-[0-9a-f]{8,17}$")
 SECURITY_GROUP_RULE_ID = re.compile(r"^sgr-[0-9a-f]{8,17}$")
 BACKUP_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,79}$")
