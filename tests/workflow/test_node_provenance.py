@@ -118,3 +118,24 @@ def test_a_clusters_launch_templates_are_found_in_its_nested_stacks(aws_env):
             LaunchTemplateNames=["c-q1-cr1"])["LaunchTemplates"][0]["LaunchTemplateId"]
 
         assert discovery.stack_launch_templates(cloudformation, stack_id) == {template}
+
+
+def test_a_queue_with_no_node_running_is_a_source_through_its_launch_template(federation):
+    """pcluster update-cluster added a queue in another subnet (its launch template names it, as ParallelCluster's
+    queues_stack.py does with the queue's first subnet); no node of it runs yet. Its first node must reach the
+    peers as soon as it boots, not after the next pairing or sweep: its subnet is in the prefix lists already."""
+    federation.create("alpha", HOME)
+    federation.create("gamma", OTHER)
+    beta = federation.create("beta", HOME)
+    ec2 = boto3.client("ec2", region_name=HOME)
+    queue_subnet = ec2.create_subnet(VpcId=federation.networks[HOME].vpc_id, CidrBlock=STRAY_CIDR)["Subnet"]["SubnetId"]
+    ec2.create_launch_template_version(
+        LaunchTemplateId=beta.compute_launch_template_id, SourceVersion="1",
+        LaunchTemplateData={"NetworkInterfaces": [{"DeviceIndex": 0, "SubnetId": queue_subnet,
+                                                   "Groups": [beta.security_group_id]}]})
+
+    for name in ("alpha", "gamma", "beta"):
+        result = federation.pair(name)
+        assert result["status"] == "SUCCEEDED", (name, result.get("cause"))
+
+    assert {federation.networks[HOME].cidr, STRAY_CIDR} <= _prefix_list_cidrs(OTHER)

@@ -154,6 +154,7 @@ def instance_role_arn(iam: Any, instance: dict[str, Any]) -> str | None:
 # launch template"): the `aws:` prefix is reserved, no user can set or change it.
 LAUNCH_TEMPLATE_TAG = "aws:ec2launchtemplate:id"
 LAUNCH_TEMPLATE_ID = v.LAUNCH_TEMPLATE_ID
+HEAD_NODE_LAUNCH_TEMPLATE = "HeadNodeLaunchTemplate"
 NESTED_STACK_DEPTH = 3  # ParallelCluster: cluster stack -> ComputeFleet queues stacks, login nodes stack
 
 
@@ -161,7 +162,8 @@ def stack_launch_templates(cloudformation: Any, stack_id: str) -> set[str]:
     """The launch templates of the stack and of its nested stacks. ParallelCluster creates one per compute
     resource in its queues stacks (queues_stack.py, ``LaunchTemplate<hash>``, used by the head node's resume
     program through CreateFleet/RunInstances) and one per login node pool in its login nodes stack
-    (login_nodes_stack.py, ``LoginNodeLaunchTemplate<hash>``, used by the pool's Auto Scaling group)."""
+    (login_nodes_stack.py, ``LoginNodeLaunchTemplate<hash>``, used by the pool's Auto Scaling group). The head
+    node's (cluster_stack.py ``HeadNodeLaunchTemplate``) is not a node's: the head node is found by its own tags."""
     found: set[str] = set()
     stacks, seen = [v.require(v.STACK_ARN, stack_id, "stack ARN")], set()
     for _ in range(NESTED_STACK_DEPTH):
@@ -171,7 +173,8 @@ def stack_launch_templates(cloudformation: Any, stack_id: str) -> set[str]:
             for page in cloudformation.get_paginator("list_stack_resources").paginate(StackName=stack):
                 for resource in page["StackResourceSummaries"]:
                     physical = resource.get("PhysicalResourceId") or ""
-                    if resource["ResourceType"] == "AWS::EC2::LaunchTemplate" and LAUNCH_TEMPLATE_ID.fullmatch(physical):
+                    if (resource["ResourceType"] == "AWS::EC2::LaunchTemplate" and LAUNCH_TEMPLATE_ID.fullmatch(physical)
+                            and resource["LogicalResourceId"] != HEAD_NODE_LAUNCH_TEMPLATE):
                         found.add(physical)
                     # AWS names a nested stack by its ARN (moto by its name, notes/moto.md)
                     elif resource["ResourceType"] == "AWS::CloudFormation::Stack" and physical not in seen and (
@@ -183,7 +186,7 @@ def stack_launch_templates(cloudformation: Any, stack_id: str) -> set[str]:
 
 def cluster_nodes(ec2: Any, cloudformation: Any, cluster_name: str, stack_id: str,
                   node_types: tuple[str, ...] = ("Compute", "LoginNode"),
-                  states: tuple[str, ...] = ("running",)) -> list[dict[str, Any]]:
+                  states: tuple[str, ...] = ("running",), templates: set[str] | None = None) -> list[dict[str, Any]]:
     """The cluster's compute and login node instances: tagged ``parallelcluster:cluster-name`` and
     ``parallelcluster:node-type`` (which anyone who can tag an instance can set) AND launched from one of the
     launch templates of the cluster's stack (EC2's ``aws:ec2launchtemplate:id``, which no one can set). An
@@ -191,7 +194,7 @@ def cluster_nodes(ec2: Any, cloudformation: Any, cluster_name: str, stack_id: st
     tagged = [i for node_type in node_types for i in instances(ec2, cluster_filters(cluster_name, node_type, states))]
     if not tagged:
         return []
-    templates = stack_launch_templates(cloudformation, stack_id)
+    templates = stack_launch_templates(cloudformation, stack_id) if templates is None else templates
     nodes = []
     for instance in tagged:
         template = {t["Key"]: t["Value"] for t in instance.get("Tags", [])}.get(LAUNCH_TEMPLATE_TAG)
@@ -227,18 +230,40 @@ def stack_security_groups(cloudformation: Any, stack: str) -> list[str]:
     ]
 
 
-def node_sources(cloudformation: Any, ec2: Any, stack_id: str, nodes: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
-    """(subnet CIDRs, distinct security group sets) of a cluster's running login and compute nodes (cluster_nodes):
-    where its users' submissions to a peer come from. In each set the groups its stack created come first (a group
-    shared with hosts outside the cluster is the last choice as a rule's source)."""
-    cidrs = sorted(set(subnet_cidrs(ec2, [i["SubnetId"] for i in nodes if i.get("SubnetId")])))
-    owned = set(stack_security_groups(cloudformation, stack_id)) if nodes else set()
+def launch_template_interfaces(ec2: Any, templates: set[str]) -> list[dict[str, Any]]:
+    """The network interfaces of the latest version of each launch template (the version ParallelCluster's resume
+    program and the login pools' Auto Scaling groups launch): each names the queue's or pool's first subnet and
+    its security groups, whether or not a node of it runs now."""
+    interfaces = []
+    for template in sorted(templates):
+        versions = ec2.describe_launch_template_versions(LaunchTemplateId=template, Versions=["$Latest"])
+        for version in versions["LaunchTemplateVersions"]:
+            interfaces.extend(version.get("LaunchTemplateData", {}).get("NetworkInterfaces", []))
+    return interfaces
+
+
+def node_sources(cloudformation: Any, ec2: Any, stack_id: str, nodes: list[dict[str, Any]],
+                 templates: set[str] | None = None) -> tuple[list[str], list[list[str]]]:
+    """(subnet CIDRs, distinct security group sets) of a cluster's login and compute nodes: where its users'
+    submissions to a peer come from. From its running nodes (cluster_nodes: every subnet a multi-subnet queue
+    uses) and from its launch templates (a queue or pool with no node running yet: its first subnet and its
+    groups). In each set the groups its stack created come first (a group shared with hosts outside the cluster is
+    the last choice as a rule's source)."""
+    interfaces = launch_template_interfaces(ec2, templates or set())
+    subnets = [i["SubnetId"] for i in nodes if i.get("SubnetId")] + [
+        n["SubnetId"] for n in interfaces if n.get("SubnetId")]
+    cidrs = sorted(set(subnet_cidrs(ec2, subnets)))
+    owned = set(stack_security_groups(cloudformation, stack_id)) if nodes or interfaces else set()
     # The groups of its network interfaces: what its traffic carries (a queue's AdditionalSecurityGroups included).
-    group_sets = {tuple(sorted({v.require(v.SECURITY_GROUP_ID, g["GroupId"], "security group id")
-                                for eni in i.get("NetworkInterfaces", []) for g in eni.get("Groups", [])},
-                               key=lambda g: (g not in owned, g)))
-                  for i in nodes}
+    group_sets = {_ordered({g["GroupId"] for eni in i.get("NetworkInterfaces", []) for g in eni.get("Groups", [])},
+                           owned) for i in nodes}
+    group_sets |= {_ordered(set(n.get("Groups", [])), owned) for n in interfaces}
     return cidrs, [list(groups) for groups in sorted(group_sets) if groups]
+
+
+def _ordered(groups: set[str], owned: set[str]) -> tuple[str, ...]:
+    return tuple(sorted((v.require(v.SECURITY_GROUP_ID, g, "security group id") for g in groups),
+                        key=lambda g: (g not in owned, g)))
 
 
 def member(clients: ClientFactory, stack: dict[str, Any], region: str, federation: Federation, config: Settings) -> Member:
@@ -246,8 +271,9 @@ def member(clients: ClientFactory, stack: dict[str, Any], region: str, federatio
     name = v.require(v.CLUSTER_NAME, stack["StackName"], "cluster name")
     stack_id = v.require(v.STACK_ARN, stack["StackId"], "stack ARN")
     ec2, cloudformation = clients("ec2", region), clients("cloudformation", region)
-    nodes = cluster_nodes(ec2, cloudformation, name, stack_id)
-    node_cidrs, node_groups = node_sources(cloudformation, ec2, stack_id, nodes)
+    templates = stack_launch_templates(cloudformation, stack_id)
+    nodes = cluster_nodes(ec2, cloudformation, name, stack_id, templates=templates)
+    node_cidrs, node_groups = node_sources(cloudformation, ec2, stack_id, nodes, templates)
 
     def of_type(node_type: str) -> list[str]:
         return sorted(i["InstanceId"] for i in nodes
