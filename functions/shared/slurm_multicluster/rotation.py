@@ -599,12 +599,14 @@ def roll_back_member(clients: ClientFactory, step: MemberStep, config: Settings)
     nodes: dict[str, Any] = {}
     failures: list[str] = []
 
-    def attempt(instance_ids: list[str], script: str, script_parameters: dict[str, Any], what: str) -> None:
+    def attempt(instance_ids: list[str], script: str, script_parameters: dict[str, Any], what: str,
+                fleet: bool = True) -> None:
+        """Run ``script`` on ``instance_ids``; a fleet node gone meanwhile is no failure (the head node is)."""
         try:
             results = node_commands.run_script(
                 ssm, instance_ids, script, script_parameters, timeout_seconds=config.node_command_timeout_seconds,
                 comment=f"slurm-multicluster: switch {member.cluster_name} {what} back to the previous munge key",
-                gone_check=None if what == "head node" else node_commands.fleet_check(ec2),
+                gone_check=node_commands.fleet_check(ec2) if fleet else None,
             )
         except PairingError as error:
             failures.append(f"{what}: {error}")
@@ -612,7 +614,7 @@ def roll_back_member(clients: ClientFactory, step: MemberStep, config: Settings)
         nodes.update(_node_summary(results))
         failures.extend(f"{i}: {r.result.get('error') or r.status}" for i, r in results.items() if not r.ok and not r.gone)
 
-    attempt([member.head_node.instance_id], "restore-backup.sh", parameters, "head node")
+    attempt([member.head_node.instance_id], "restore-backup.sh", parameters, "head node", fleet=False)
     running = sorted(discovery.fleet(clients, member))
     online = discovery.ssm_online(ssm, running) if running else set()
     if running:
