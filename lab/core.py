@@ -357,17 +357,19 @@ class Lab:
         cmd = ["nsenter", "-t", str(pid), "-n", "-u", "-m", f"--wdns={cwd}", "--", "/bin/sh", "-c", EXEC_GATE,
                argv[0], *argv]
         if cancel is not None:
-            return self._exec_cancellable(node, argv, cmd, full_env, input, timeout, cancel, check)
-        cp = subprocess.run(cmd, env=full_env, input=input, capture_output=capture, text=True, encoding="utf-8",
-                            errors="surrogateescape", timeout=timeout,
-                            stdin=None if input is not None or not capture else subprocess.DEVNULL)
+            cp = self._exec_cancellable(argv, cmd, full_env, input, timeout, cancel)
+        else:
+            cp = subprocess.run(cmd, env=full_env, input=input, capture_output=capture, text=True, encoding="utf-8",
+                                errors="surrogateescape", timeout=timeout,
+                                stdin=None if input is not None or not capture else subprocess.DEVNULL)
         cp.args = argv
         if check and cp.returncode != 0:
             raise LabError(f"{node}: {' '.join(argv)} exited {cp.returncode}: {(cp.stderr or '').strip()}")
         return cp
 
-    def _exec_cancellable(self, node: str, argv: list[str], cmd: list[str], env: dict, input: str | None,
-                          timeout: float | None, cancel: threading.Event, check: bool) -> subprocess.CompletedProcess:
+    @staticmethod
+    def _exec_cancellable(argv: list[str], cmd: list[str], env: dict, input: str | None,
+                          timeout: float | None, cancel: threading.Event) -> subprocess.CompletedProcess:
         proc = subprocess.Popen(cmd, env=env, stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, encoding="utf-8",
                                 errors="surrogateescape", start_new_session=True)
@@ -386,10 +388,7 @@ class Lab:
                     if not cancel.is_set():
                         raise subprocess.TimeoutExpired(argv, timeout or 0, stdout, stderr) from None
                     break
-        cp = subprocess.CompletedProcess(argv, proc.returncode, stdout, stderr)
-        if check and cp.returncode != 0:
-            raise LabError(f"{node}: {' '.join(argv)} exited {cp.returncode}: {(cp.stderr or '').strip()}")
-        return cp
+        return subprocess.CompletedProcess(argv, proc.returncode, stdout, stderr)
 
     def sh(self, node: str, script: str, **kw) -> subprocess.CompletedProcess:
         """Run `sh -c script` on a node, as SSM Run Command runs a command text. Same keywords as exec."""

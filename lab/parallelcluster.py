@@ -144,8 +144,7 @@ def create_cluster(
         StackName=name, TemplateBody=json.dumps(template),
         Tags=[{"Key": k, "Value": v} for k, v in stack_tags.items()],
     )["StackId"]
-    group = cloudformation.describe_stack_resource(StackName=name, LogicalResourceId="HeadNodeSecurityGroup")[
-        "StackResourceDetail"]["PhysicalResourceId"]
+    group = _stack_resource(cloudformation, name, "HeadNodeSecurityGroup")
     profile, role_arn = _instance_profile(region, name)
     node_tags = {"parallelcluster:cluster-name": name, "parallelcluster:version": PCLUSTER_VERSION, **(tags or {})}
     # CloudFormation's own tags (the `aws:` prefix no user can set; moto lets the mirror set them as CloudFormation would).
@@ -161,8 +160,7 @@ def create_cluster(
     ]
     login_group = logins = None
     if login_ips:
-        login_group = cloudformation.describe_stack_resource(StackName=name, LogicalResourceId="LoginNodesSecurityGroup")[
-            "StackResourceDetail"]["PhysicalResourceId"]
+        login_group = _stack_resource(cloudformation, name, "LoginNodesSecurityGroup")
         logins = [
             _run(region, network, ip, login_group, {**node_tags, "parallelcluster:node-type": "LoginNode",
                                                     "parallelcluster:login-nodes-pool-name": login_pool,

@@ -153,7 +153,6 @@ def instance_role_arn(iam: Any, instance: dict[str, Any]) -> str | None:
 # EC2's own tag on every instance launched from a launch template (EC2 User Guide, "Launch EC2 instances using a
 # launch template"): the `aws:` prefix is reserved, no user can set or change it.
 LAUNCH_TEMPLATE_TAG = "aws:ec2launchtemplate:id"
-LAUNCH_TEMPLATE_ID = v.LAUNCH_TEMPLATE_ID
 HEAD_NODE_LAUNCH_TEMPLATE = "HeadNodeLaunchTemplate"
 NESTED_STACK_DEPTH = 3  # ParallelCluster: cluster stack -> ComputeFleet queues stacks, login nodes stack
 
@@ -173,7 +172,7 @@ def stack_launch_templates(cloudformation: Any, stack_id: str) -> set[str]:
             for page in cloudformation.get_paginator("list_stack_resources").paginate(StackName=stack):
                 for resource in page["StackResourceSummaries"]:
                     physical = resource.get("PhysicalResourceId") or ""
-                    if (resource["ResourceType"] == "AWS::EC2::LaunchTemplate" and LAUNCH_TEMPLATE_ID.fullmatch(physical)
+                    if (resource["ResourceType"] == "AWS::EC2::LaunchTemplate" and v.LAUNCH_TEMPLATE_ID.fullmatch(physical)
                             and resource["LogicalResourceId"] != HEAD_NODE_LAUNCH_TEMPLATE):
                         found.add(physical)
                     # AWS names a nested stack by its ARN (moto by its name, notes/moto.md)
@@ -197,7 +196,7 @@ def cluster_nodes(ec2: Any, cloudformation: Any, cluster_name: str, stack_id: st
     templates = stack_launch_templates(cloudformation, stack_id) if templates is None else templates
     nodes = []
     for instance in tagged:
-        template = {t["Key"]: t["Value"] for t in instance.get("Tags", [])}.get(LAUNCH_TEMPLATE_TAG)
+        template = tags_of(instance).get(LAUNCH_TEMPLATE_TAG)
         if template in templates:
             nodes.append(instance)
         else:
@@ -277,7 +276,7 @@ def member(clients: ClientFactory, stack: dict[str, Any], region: str, federatio
 
     def of_type(node_type: str) -> list[str]:
         return sorted(i["InstanceId"] for i in nodes
-                      if {t["Key"]: t["Value"] for t in i.get("Tags", [])}.get(NODE_TYPE_TAG) == node_type)
+                      if tags_of(i).get(NODE_TYPE_TAG) == node_type)
 
     return Member(
         cluster_name=name,
