@@ -165,6 +165,8 @@ def start_unit(node: dict, name: str) -> None:
             "AccountingStorageType": values.get("accountingstoragetype", "accounting_storage/none"),
             "AccountingStorageHost": values.get("accountingstoragehost", ""),
             "AccountingStoragePort": values.get("accountingstorageport", "0"),
+            "SlurmdPort": values.get("slurmdport", "6818"),
+            "SrunPortRange": values.get("srunportrange", "0-0"),  # slurmctld's way of saying unset
         }
     failing = unit.get("fail_restarts", 0) > 0
     if failing:
@@ -297,6 +299,8 @@ def scontrol(args: list[str]) -> int:
             f"ClusterName             = {live['ClusterName']}",
             f"SlurmctldHost[0]        = {live['SlurmctldHost']}",
             f"SlurmctldPort           = {live['SlurmctldPort']}",
+            f"SlurmdPort              = {live.get('SlurmdPort', '6818')}",
+            f"SrunPortRange           = {live.get('SrunPortRange', '0-0')}",
             f"SLURM_VERSION           = {node['slurm_version']}",
         ]
         print("\n".join(lines))

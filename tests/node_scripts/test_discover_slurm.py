@@ -82,6 +82,42 @@ def test_discover_reports_the_key_fingerprint_only(make_node):
     assert facts["mungeKeySha256"] == sha256(key)
 
 
+def test_discover_reports_slurmd_port_and_no_srun_port_range_when_unset(node):
+    """scontrol says SrunPortRange = 0-0 when slurm.conf sets none: srun listens on ephemeral ports."""
+    facts = node.run("discover-slurm.sh").json
+    assert facts["slurmdPort"] == 6818
+    assert facts["srunPortRange"] is None
+
+
+def test_discover_reports_the_live_srun_port_range_set_in_the_custom_settings(node):
+    custom = node.etc / "pcluster/custom_slurm_settings_include_file_slurm.conf"
+    custom.write_text("SrunPortRange=60001-63000\nSlurmdPort=7818\n")
+    assert node.standin("systemctl", "restart", "slurmctld").returncode == 0  # slurmctld reads it at start
+    facts = node.run("discover-slurm.sh").json
+    assert facts["configSource"] == "scontrol"
+    assert facts["srunPortRange"] == "60001-63000"
+    assert facts["slurmdPort"] == 7818
+
+
+def test_discover_reads_srun_port_range_from_the_files_when_slurmctld_is_down(node):
+    custom = node.etc / "pcluster/custom_slurm_settings_include_file_slurm.conf"
+    custom.write_text("SrunPortRange=60001-63000\n")
+    node.set_unit("slurmctld", state="failed")
+    facts = node.run("discover-slurm.sh").json
+    assert facts["configSource"] == "files"
+    assert facts["srunPortRange"] == "60001-63000"
+    assert facts["slurmdPort"] == 6818  # slurm.conf's
+
+
+def test_discover_refuses_a_srun_port_range_that_is_not_low_high(node):
+    custom = node.etc / "pcluster/custom_slurm_settings_include_file_slurm.conf"
+    custom.write_text("SrunPortRange=63000-60001\n")
+    node.set_unit("slurmctld", state="failed")
+    result = node.run("discover-slurm.sh")
+    assert result.returncode == 1
+    assert result.json["ok"] is False and "SrunPortRange" in result.json["error"]
+
+
 def test_discover_without_slurm_conf_fails(node):
     (node.etc / "slurm.conf").unlink()
     result = node.run("discover-slurm.sh")

@@ -240,3 +240,32 @@ def test_the_member_snippet_puts_the_federation_security_group_on_the_head_node(
     assert cluster.head_node.networking.additional_security_groups == ["sg-0123456789abcdef0"]
     assert config_snippet.SnippetRequest.model_validate(
         {"federation": FEDERATION, "region": REGION, "vpcId": "vpc-0123456789abcdef0"}).vpc_id == "vpc-0123456789abcdef0"
+
+
+def test_with_srun_port_range_on_the_member_snippet_sets_it_and_parallelcluster_accepts_it(monkeypatch):
+    endpoint = config_snippet.AccountingEndpoint(cluster_name="alpha", region=REGION, host="10.250.0.11", port=6819)
+    settings = Settings(srun_port_range="60001-63000")
+    snippet = config_snippet.member_config(FEDERATION, ARN, endpoint, settings)
+    text = config_snippet.render(snippet, *config_snippet._member_comments(FEDERATION, endpoint, settings))
+    assert "SrunPortRange option (interactive srun/salloc -M)" in text
+    cluster = _load_with_parallelcluster(_merged(yaml.safe_load(text), yaml.safe_load(MINIMAL_CLUSTER)), monkeypatch)
+    from pcluster.validators import slurm_settings_validator as checks
+
+    custom = cluster.scheduling.settings.custom_slurm_settings
+    assert custom == [{"SrunPortRange": "60001-63000"}]
+    assert _failures(checks.CustomSlurmSettingsValidator, custom_settings=custom,
+                     deny_list=checks.SLURM_SETTINGS_DENY_LIST["SlurmConf"]["Global"],
+                     settings_level=checks.CustomSlurmSettingLevel.SLURM_CONF) == []
+    off = config_snippet.member_config(FEDERATION, ARN, endpoint, Settings())
+    assert "CustomSlurmSettings" not in off["Scheduling"]["SlurmSettings"]  # off by default: nothing to set
+
+
+def test_the_snippet_follows_the_federations_srun_port_range_override(handler, moto):
+    alpha = create_cluster(moto, "alpha", "10.250.0.11", [], ACCOUNTING_TAGS)
+    declare_federation(REGION, FEDERATION, alpha.stack_id, srunPortRange="50001-50999")
+    boto3.client("secretsmanager", region_name=REGION).create_secret(Name=SECRET, SecretString="a2V5")
+    context = LambdaContext("GenerateConfigSnippetFunction", "arn:aws:lambda:us-east-1:123456789012:function:x")
+
+    result = handler({"federation": FEDERATION, "region": REGION, "role": "accounting"}, context)
+
+    assert result["config"]["Scheduling"]["SlurmSettings"]["CustomSlurmSettings"] == [{"SrunPortRange": "50001-50999"}]

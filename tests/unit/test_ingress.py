@@ -53,6 +53,58 @@ def test_nodes_without_the_federation_group_fall_back_to_their_own_group_on_the_
     assert fallbacks == {("beta", "sg-0aaaaaaaaaaaaaaaa")}  # beta's nodes carry ours already; alpha's own nodes skip alpha
 
 
+def _purposes(rules):
+    return {(r.target_kind, r.group_id, r.source_kind, r.source_group_id, r.purpose, r.from_port, r.to_port)
+            for r in rules if r.target_kind == "federation-group"}
+
+
+def test_srun_port_range_off_plans_nothing_on_the_federation_groups():
+    alpha = _member("alpha", "vpc-1", "sg-0aaaaaaaaaaaaaaaa", accounting=True)
+    gamma = _member("gamma", "vpc-2", "sg-0cccccccccccccccc", subnet="10.1.0.0/24")
+    vpcs = [ingress.FederationVpc(region="us-east-1", vpc_id="vpc-1", group_id="sg-0fed00000000000a1",
+                                  prefix_list_id="pl-0aaaaaaaaaaaaaaaa", entries=["10.1.0.0/24"]),
+            ingress.FederationVpc(region="us-east-1", vpc_id="vpc-2", group_id="sg-0fed00000000000a2",
+                                  prefix_list_id="pl-0bbbbbbbbbbbbbbbb", entries=["10.0.0.0/24"])]
+    rules = ingress.plan_rules([alpha, gamma], vpcs)
+    assert rules and not _purposes(rules)
+    assert not {r.purpose for r in rules} & {"slurmd", "srun"}
+    assert ingress.srun_notes([alpha, gamma], vpcs, "") == []
+
+
+def test_srun_port_range_on_opens_4_rules_per_federation_group_whatever_the_federation_size():
+    vpcs = [ingress.FederationVpc(region="us-east-1", vpc_id="vpc-1", group_id="sg-0fed00000000000a1",
+                                  prefix_list_id="pl-0aaaaaaaaaaaaaaaa", entries=["10.1.0.0/24"]),
+            ingress.FederationVpc(region="us-east-1", vpc_id="vpc-2", group_id="sg-0fed00000000000a2",
+                                  prefix_list_id="pl-0bbbbbbbbbbbbbbbb", entries=["10.0.0.0/24"])]
+    for size in (2, 10, 50):
+        members = [_member(f"m{i}", "vpc-1" if i % 2 == 0 else "vpc-2", f"sg-0{i:016x}", accounting=i == 0,
+                           subnet="10.0.0.0/24" if i % 2 == 0 else "10.1.0.0/24") for i in range(size)]
+        rules = [r for r in ingress.plan_rules(members, vpcs, "60001-63000") if r.target_kind == "federation-group"]
+        assert _purposes(rules) == {
+            ("federation-group", group, source, group if source == "federation-group" else None, purpose, low, high)
+            for group in ("sg-0fed00000000000a1", "sg-0fed00000000000a2")
+            for source in ("federation-group", "prefix-list")
+            for purpose, low, high in (("slurmd", 6818, 6818), ("srun", 60001, 63000))
+        }
+        assert len(rules) == 8  # 4 per federation group
+        assert {r.source_prefix_list_id for r in rules if r.source_kind == "prefix-list"} == {
+            "pl-0aaaaaaaaaaaaaaaa", "pl-0bbbbbbbbbbbbbbbb"}
+        head_groups = {m.head_node.security_group_ids[0] for m in members}
+        assert not any(r.group_id in head_groups for r in rules)  # nothing on a member's own groups
+
+
+def test_srun_port_range_notes_the_nodes_that_do_not_carry_the_federation_group():
+    alpha = _member("alpha", "vpc-1", "sg-0aaaaaaaaaaaaaaaa", accounting=True, node_groups=[["sg-0aaaaaaaaaaaaaaaa"]])
+    beta = _member("beta", "vpc-1", "sg-0bbbbbbbbbbbbbbbb", node_groups=[["sg-0dddddddddddddddd", "sg-0fed000000000000a"]])
+    vpcs = [ingress.FederationVpc(region="us-east-1", vpc_id="vpc-1", group_id="sg-0fed000000000000a")]
+    notes = ingress.srun_notes([alpha, beta], vpcs, "60001-63000")
+    assert len(notes) == 1
+    assert "alpha's login and compute nodes of security group sg-0aaaaaaaaaaaaaaaa" in notes[0]
+    assert "AdditionalSecurityGroups" in notes[0]
+    rules = ingress.plan_rules([alpha, beta], vpcs, "60001-63000")
+    assert not any(r.purpose in ("slurmd", "srun") and r.source_kind == "group" for r in rules)  # no srun fallback
+
+
 @pytest.fixture
 def ec2(monkeypatch):
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
@@ -119,3 +171,50 @@ def test_a_same_named_group_this_deployment_did_not_create_is_refused(ec2):
     ec2.create_security_group(GroupName=ingress.resource_name("default", "hpc"), Description="x", VpcId=alpha.head_node.vpc_id)
     with pytest.raises(PrerequisiteFailed, match="was not created by slurm-multicluster deployment default"):
         ingress.plan_network(lambda r: ec2, _quotas, [alpha], "default")
+
+
+def _fed_group_rules(ec2, group):
+    return sorted((r["FromPort"], r["ToPort"], r.get("ReferencedGroupInfo", {}).get("GroupId"), r.get("PrefixListId"))
+                  for r in ingress.rules_on_group(ec2, group) if not r["IsEgress"])
+
+
+def test_srun_port_range_rules_land_on_the_federation_group_created_in_the_same_run_and_are_budgeted(ec2):
+    members = _pair(ec2)
+    network, missing = ingress.plan_network(lambda r: ec2, _quotas, members, "default", "60001-63000")
+    srun = [r for r in missing if r.target_kind == "federation-group"]
+    assert len(srun) == 2 and {r.group_id for r in srun} == {""}  # one VPC: no prefix list; the group is created
+    budget = [b for b in network.budget if b.cluster.startswith("federation hosts")]
+    assert len(budget) == 1 and (budget[0].rules_now, budget[0].rules_after) == (0, 2)
+    applied = ingress.apply_network(lambda r: ec2, network, missing, "exec-1", "default")
+    group = ingress.federation_group(ec2, members[0].head_node.vpc_id, "hpc", "default")
+    assert _fed_group_rules(ec2, group) == [(6818, 6818, group, None), (60001, 63000, group, None)]
+    assert len(applied["added"]) == 4  # 2 head node rules + 2 on the federation group
+    tags = [{t["Key"]: t["Value"] for t in r["Tags"]} for r in ingress.rules_on_group(ec2, group) if not r["IsEgress"]]
+    assert all(t["slurm-multicluster:federation"] == "hpc" and t["slurm-multicluster:execution"] == "exec-1"
+               for t in tags)
+
+
+def test_srun_port_range_turned_off_or_changed_revokes_the_old_rules(ec2):
+    members = _pair(ec2)
+    ingress.connect(lambda r: ec2, _quotas, members, "exec-1", "default", "60001-63000")
+    group = ingress.federation_group(ec2, members[0].head_node.vpc_id, "hpc", "default")
+    ingress.connect(lambda r: ec2, _quotas, members, "exec-2", "default", "50001-50999")
+    assert _fed_group_rules(ec2, group) == [(6818, 6818, group, None), (50001, 50999, group, None)]
+    again, _ = ingress.plan_network(lambda r: ec2, _quotas, members, "default", "50001-50999")
+    assert again.revoke == [] and not again.changes()  # in place: nothing to do
+    off, missing = ingress.plan_network(lambda r: ec2, _quotas, members, "default", "")
+    assert len(off.revoke) == 2 and off.changes() and missing == []
+    done = ingress.apply_network(lambda r: ec2, off, missing, "exec-3", "default")
+    assert len(done["revoked"]) == 2
+    assert _fed_group_rules(ec2, group) == []
+    assert len(_ours(ec2)) == 2  # the head node rules stay
+
+
+def test_srun_port_range_leaves_an_admins_rule_on_the_federation_group_alone(ec2):
+    members = _pair(ec2)
+    ingress.connect(lambda r: ec2, _quotas, members, "exec-1", "default")
+    group = ingress.federation_group(ec2, members[0].head_node.vpc_id, "hpc", "default")
+    ec2.authorize_security_group_ingress(GroupId=group, IpPermissions=[
+        {"IpProtocol": "tcp", "FromPort": 22, "ToPort": 22, "IpRanges": [{"CidrIp": "10.9.0.0/16"}]}])
+    network, _ = ingress.plan_network(lambda r: ec2, _quotas, members, "default", "")
+    assert network.revoke == []

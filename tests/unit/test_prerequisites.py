@@ -91,3 +91,29 @@ def test_members_outside_the_release_window_are_refused_naming_rule_and_versions
     with pytest.raises(PrerequisiteFailed, match=says):
         check_prerequisites(REQUEST, [_member("alpha", True, version=dbd, dbd_version=dbd),
                                       _member("beta", version=member)])
+
+
+def _srun(member, value):
+    member.slurm.srun_port_range = value
+    return member
+
+
+def test_srun_port_range_off_checks_nothing_about_srun():
+    from slurm_multicluster.settings import Settings
+    members = [_srun(_member("alpha", True, dbd_version="23.11.10"), "50000-51000"), _member("beta")]
+    passed = check_prerequisites(REQUEST, members, Settings(srun_port_range=""))
+    assert not any("SrunPortRange" in line for line in passed)
+
+
+def test_srun_port_range_on_requires_every_member_to_run_exactly_it():
+    from slurm_multicluster.settings import Settings
+    config = Settings(srun_port_range="60001-63000")
+    alpha, beta = _srun(_member("alpha", True, dbd_version="23.11.10"), "60001-63000"), _member("beta")
+    with pytest.raises(PrerequisiteFailed) as refused:
+        check_prerequisites(REQUEST, [alpha, beta], config)
+    assert ("beta runs with SrunPortRange unset, the federation's SrunPortRange option is 60001-63000: set "
+            "SrunPortRange=60001-63000 in its slurm.conf (ParallelCluster Scheduling/SlurmSettings/CustomSlurmSettings), "
+            "then pcluster update-cluster") in str(refused.value)
+    assert "alpha runs with" not in str(refused.value)  # alpha runs the option's range
+    passed = check_prerequisites(REQUEST, [alpha, _srun(beta, "60001-63000")], config)
+    assert "every member runs with SrunPortRange 60001-63000 (interactive srun/salloc -M)" in passed

@@ -119,13 +119,14 @@ def groups_per_eni(federation: ScaleFederation) -> dict[str, int]:
     return counts
 
 
-def scale_federation(aws_env: None) -> Iterator[ScaleFederation]:
-    """moto with the template deployed (members searched in two regions), SSM reaching simulated nodes."""
+def scale_federation(aws_env: None, parameters: dict[str, str] | None = None) -> Iterator[ScaleFederation]:
+    """moto with the template deployed (members searched in two regions, and ``parameters``), SSM reaching
+    simulated nodes."""
     from slurm_multicluster import aws
 
     aws.client.cache_clear()
     with mock_aws(config=cloud.MOTO_CONFIG):
-        deployment = cloud.deploy(HOME, {"VerifyDeadlineSeconds": "10", "FederationRegions": OTHER})
+        deployment = cloud.deploy(HOME, {"VerifyDeadlineSeconds": "10", "FederationRegions": OTHER, **(parameters or {})})
         networks = {region: create_network(region, cidr) for region, cidr in SUBNETS.items()}
         nodes = PairingNodes(HOME, "alpha", {})
         nodes.secret_id = f"slurm-multicluster/default/{FEDERATION}/munge-key"

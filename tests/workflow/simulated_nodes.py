@@ -51,6 +51,8 @@ class SimulatedNode:
     # not share its key stays unregistered: "Association database appears down", seen on real daemons)
     registered: bool = True
     restarts: list[str] = field(default_factory=list)
+    srun_port_range: str | None = None  # head: slurm.conf's SrunPortRange (None: unset, srun uses ephemeral ports)
+    slurmd_port: int = 6818  # head: slurm.conf's SlurmdPort
 
 
 class SimulatedFederation:
@@ -138,6 +140,7 @@ class SimulatedFederation:
             "slurmdbdActive": accounting, "slurmctldActive": node.slurmctld_up, "mungeActive": True,
             "slurmVersion": "22.05.8", "slurmdbdVersion": "22.05.8" if accounting else None,
             "mungeVersion": "0.5.15", "mungeKeySha256": node.key_sha,
+            "slurmdPort": node.slurmd_port, "srunPortRange": node.srun_port_range,
         }
 
     def _create_pending_munge_key(self, node: SimulatedNode, args: list[str]) -> dict[str, Any]:

@@ -127,6 +127,12 @@ def _ssm_policy(secret_arn: str) -> str:
     return f"arn:{match['partition']}:iam::aws:policy/{SSM_POLICY}"
 
 
+def _srun_settings(config: Settings) -> dict[str, Any]:
+    """With the federation's SrunPortRange option on, the slurm.conf line every member must run with (the pairing
+    refuses a member on another range): ParallelCluster's CustomSlurmSettings, which does not deny-list it."""
+    return {"CustomSlurmSettings": [{"SrunPortRange": config.srun_port_range}]} if config.srun_port_range else {}
+
+
 def member_config(federation: str, secret_arn: str, accounting: AccountingEndpoint, config: Settings,
                   federation_group: str | None = None) -> dict[str, Any]:
     """Scheduling/HeadNode/Tags of a new member: the federation key and slurmdbd, SSM, the federation tag, and the
@@ -139,6 +145,7 @@ def member_config(federation: str, secret_arn: str, accounting: AccountingEndpoi
         "Scheduling": {"SlurmSettings": {
             "MungeKeySecretArn": secret_arn,
             "ExternalSlurmdbd": {"Host": accounting.host, "Port": accounting.port},
+            **_srun_settings(config),
         }},
         "HeadNode": head_node,
         "Tags": [{"Key": config.federation_tag_key, "Value": federation}],
@@ -149,7 +156,7 @@ def accounting_config(federation: str, secret_arn: str, config: Settings) -> dic
     """The same for re-creating the accounting cluster: its own Database stays; the registry (not a tag) makes it
     the accounting cluster, once an administrator declares the new stack's ARN."""
     return {
-        "Scheduling": {"SlurmSettings": {"MungeKeySecretArn": secret_arn}},
+        "Scheduling": {"SlurmSettings": {"MungeKeySecretArn": secret_arn, **_srun_settings(config)}},
         "HeadNode": {"Iam": {"AdditionalIamPolicies": [{"Policy": _ssm_policy(secret_arn)}]}},
         "Tags": [{"Key": config.federation_tag_key, "Value": federation}],
     }
@@ -205,6 +212,10 @@ def _member_comments(federation: str, accounting: AccountingEndpoint, config: Se
             f"{EXTERNAL_SLURMDBD_SINCE}).",
             "Replaces Scheduling/SlurmSettings/Database: do not set both. Port is the DbdPort that slurmdbd listens on.",
         ],
+        ("Scheduling", "SlurmSettings", "CustomSlurmSettings"): [
+            f"Federation {federation}'s SrunPortRange option (interactive srun/salloc -M): every member runs with",
+            "exactly this range, else its pairing is refused. Keep any CustomSlurmSettings you have; add this entry.",
+        ],
         ("HeadNode", "Iam", "AdditionalIamPolicies"): [
             "The pairing and rotation workflows run their node scripts through SSM Run Command.",
         ],
@@ -231,6 +242,10 @@ def _accounting_comments(federation: str, config: Settings) -> tuple[list[str], 
         ("Scheduling", "SlurmSettings", "MungeKeySecretArn"): [
             "The federation's munge key: the re-created cluster runs the key every member already has.",
             "ParallelCluster gives the head node role GetSecretValue on this secret.",
+        ],
+        ("Scheduling", "SlurmSettings", "CustomSlurmSettings"): [
+            f"Federation {federation}'s SrunPortRange option (interactive srun/salloc -M): every member runs with",
+            "exactly this range, else its pairing is refused. Keep any CustomSlurmSettings you have; add this entry.",
         ],
         ("HeadNode", "Iam", "AdditionalIamPolicies"): [
             "The pairing and rotation workflows run their node scripts through SSM Run Command.",

@@ -11,6 +11,10 @@ VPCs without peering). Each member's head node group then holds, whatever the fe
     from the federation group of its VPC, and from the prefix list of its VPC (counted as its MaxEntries),
     plus, for an existing cluster whose login/compute nodes do not carry the group yet, its node group (fallback).
 
+With SrunPortRange on (interactive srun/salloc -M, off by default), the federation group of each VPC also holds
+SlurmdPort and SrunPortRange, each from itself and from its VPC's prefix list: 4 rules per federation group
+whatever the federation's size. Hosts without the federation group (the fallbacks) get no srun path.
+
 No rule of ours references a member's own group except those fallbacks, which the unpairing revokes first, so a
 member's stack deletion is never blocked. Ports come from the members' live Slurm settings.
 """
@@ -98,9 +102,12 @@ class NetworkPlan(StateModel):
     vpcs: list[FederationVpc] = []
     attach: list[Attachment] = []
     budget: list[GroupBudget] = []
+    srun_port_range: str = ""  # the option as this plan applied it ("" = off)
+    notes: list[str] = []  # what the plan does not open and why (not failures)
+    revoke: list[AddedRule] = []  # our rules on federation groups the option no longer wants (turned off, changed)
 
     def changes(self) -> bool:
-        return bool(self.attach or any(vpc.create_group or vpc.add_entries for vpc in self.vpcs))
+        return bool(self.attach or self.revoke or any(vpc.create_group or vpc.add_entries for vpc in self.vpcs))
 
     def vpc(self, vpc_id: str) -> FederationVpc:
         return next(x for x in self.vpcs if x.vpc_id == vpc_id)
@@ -233,17 +240,66 @@ def fallback_groups(members: list[Member], vpc: FederationVpc) -> list[tuple[Mem
     return found
 
 
-def plan_rules(members: list[Member], vpcs: list[FederationVpc]) -> list[IngressRule]:
-    """Every rule each member's head node group needs (O(1) per group, fallbacks aside), without duplicates."""
+def _federation_sources(vpc: FederationVpc) -> list[dict[str, Any]]:
+    """The federation-wide sources of a VPC: its federation group, and its prefix list once it has entries."""
+    sources: list[dict[str, Any]] = [{"source_kind": "federation-group", "source_group_id": vpc.group_id,
+                                      "source_cluster": f"federation hosts in {vpc.vpc_id}"}]
+    if vpc.max_entries_after:
+        sources.append({"source_kind": "prefix-list", "source_prefix_list_id": vpc.prefix_list_id,
+                        "source_cluster": f"members outside {vpc.vpc_id}"})
+    return sources
+
+
+def srun_rules(members: list[Member], vpcs: list[FederationVpc], srun_port_range: str) -> list[IngressRule]:
+    """With SrunPortRange on: on each VPC's federation group, the SlurmdPort of its members (srun -> a peer's
+    slurmd) and SrunPortRange (a peer's slurmstepd -> srun), each from the federation group and the prefix list."""
+    if not srun_port_range:
+        return []
+    srun = v.port_range(srun_port_range, "SrunPortRange")
+    rules: list[IngressRule] = []
+    for vpc in vpcs:
+        here = [m for m in members if m.head_node.vpc_id == vpc.vpc_id]
+        assert all(m.slurm for m in here), "Slurm settings must be discovered before planning rules"
+        slurmd = _merge([(m.slurm.slurmd_port, m.slurm.slurmd_port) for m in here if m.slurm])  # 6818: one range
+        ports = [(r, "slurmd") for r in slurmd] + [(srun, "srun")]
+        target = f"federation hosts in {vpc.vpc_id}"
+        for (low, high), purpose in ports:
+            for source in _federation_sources(vpc):
+                rule = IngressRule(
+                    region=vpc.region, group_id=vpc.group_id or "", target_kind="federation-group",
+                    vpc_id=vpc.vpc_id, from_port=low, to_port=high, target_cluster=target, target_stack="",
+                    purpose=purpose,
+                    description=f"slurm-multicluster {members[0].federation}: {source['source_cluster']} to "
+                                f"{target} {purpose}",
+                    **source,
+                )
+                if not any(rule.same_permission(kept) for kept in rules):
+                    rules.append(rule)
+    return rules
+
+
+def srun_notes(members: list[Member], vpcs: list[FederationVpc], srun_port_range: str) -> list[str]:
+    """What SrunPortRange does not open: the nodes that do not carry their VPC's federation group (fallbacks)."""
+    if not srun_port_range:
+        return []
+    notes = []
+    for vpc in vpcs:
+        for member, group in fallback_groups(members, vpc):
+            notes.append(f"interactive srun/salloc -M has no path to or from {member.cluster_name}'s login and "
+                         f"compute nodes of security group {group}: they do not carry the federation security group "
+                         f"(sbatch -M works); add it to their AdditionalSecurityGroups (config snippet), then "
+                         "pcluster update-cluster")
+    return notes
+
+
+def plan_rules(members: list[Member], vpcs: list[FederationVpc], srun_port_range: str = "") -> list[IngressRule]:
+    """Every rule each member's head node group needs (O(1) per group, fallbacks aside), and with SrunPortRange
+    on the federation groups' 4 (srun_rules), without duplicates."""
     by_vpc = {x.vpc_id: x for x in vpcs}
     rules: list[IngressRule] = []
     for target in members:
         vpc = by_vpc[target.head_node.vpc_id]
-        sources: list[dict[str, Any]] = [{"source_kind": "federation-group", "source_group_id": vpc.group_id,
-                                          "source_cluster": f"federation hosts in {vpc.vpc_id}"}]
-        if vpc.max_entries_after:
-            sources.append({"source_kind": "prefix-list", "source_prefix_list_id": vpc.prefix_list_id,
-                            "source_cluster": f"members outside {vpc.vpc_id}"})
+        sources = _federation_sources(vpc)
         for member, group in fallback_groups(members, vpc):
             if member.stack_id == target.stack_id:
                 continue  # its own nodes reach its head node through ParallelCluster's rules
@@ -262,7 +318,7 @@ def plan_rules(members: list[Member], vpcs: list[FederationVpc]) -> list[Ingress
                 )
                 if not any(rule.same_permission(kept) for kept in rules):
                     rules.append(rule)
-    return rules
+    return rules + srun_rules(members, vpcs, srun_port_range)
 
 
 def _grants(current: dict[str, Any], rule: IngressRule) -> bool:
@@ -283,6 +339,9 @@ def missing_rules(ec2_for: Ec2For, rules: list[IngressRule],
     cache = {} if cache is None else cache
     missing = []
     for rule in rules:
+        if not rule.group_id:  # a federation group still to be created holds nothing yet
+            missing.append(rule)
+            continue
         if rule.group_id not in cache:
             cache[rule.group_id] = rules_on_group(ec2_for(rule.region), rule.group_id)
         if not any(_grants(current, rule) for current in cache[rule.group_id]):
@@ -306,9 +365,41 @@ def rule_weight(ec2: Any, rules: list[dict[str, Any]], sizes: dict[str, int] | N
     return sum(known.get(r["PrefixListId"], 1) if r.get("PrefixListId") else 1 for r in inbound)
 
 
-def plan_network(ec2_for: Ec2For, quotas_for: Callable[[str], Any], members: list[Member], deployment: str
-                 ) -> tuple[NetworkPlan, list[IngressRule]]:
+def _same_rule(current: dict[str, Any], rule: IngressRule) -> bool:
+    """Is an existing rule exactly ``rule`` (same ports, same source)? A wider one is not what the option asks."""
+    return (current.get("FromPort"), current.get("ToPort")) == (rule.from_port, rule.to_port) and _grants(current, rule)
+
+
+def unwanted_federation_rules(ec2_for: Ec2For, network: NetworkPlan, rules: list[IngressRule], deployment: str,
+                              cache: dict[str, list[dict[str, Any]]]) -> list[AddedRule]:
+    """Our rules on the federation groups that the plan's SrunPortRange rules do not ask for: all of them once the
+    option is off, the old ports once it changed. ``cache`` then holds each group's rules without them, so a rule
+    about to be revoked never counts as granting a planned one."""
+    unwanted = []
+    for vpc in network.vpcs:
+        if not vpc.group_id:
+            continue
+        ec2 = ec2_for(vpc.region)
+        wanted = [r.model_copy(update={"source_group_id": vpc.group_id, "source_prefix_list_id": vpc.prefix_list_id})
+                  for r in rules if r.target_kind == "federation-group" and r.vpc_id == vpc.vpc_id]
+        kept = []
+        for current in rules_on_group(ec2, vpc.group_id):
+            tags = {t["Key"]: t["Value"] for t in current.get("Tags", [])}
+            ours = tags.get(OWNER_TAG) == network.federation and tags.get(DEPLOYMENT_TAG) == deployment
+            if ours and not current.get("IsEgress") and not any(_same_rule(current, r) for r in wanted):
+                unwanted.append(AddedRule(region=vpc.region, group_id=vpc.group_id,
+                                          rule_id=current["SecurityGroupRuleId"]))
+            else:
+                kept.append(current)
+        cache[vpc.group_id] = kept
+    return unwanted
+
+
+def plan_network(ec2_for: Ec2For, quotas_for: Callable[[str], Any], members: list[Member], deployment: str,
+                 srun_port_range: str = "") -> tuple[NetworkPlan, list[IngressRule]]:
     """What the federation's network needs after this pairing, and the rules still missing; reads only.
+    ``srun_port_range`` is the federation's SrunPortRange option ("" = off: our rules on the federation groups,
+    if any are left from when it was on, are planned for revocation).
 
     Refuses (PrerequisiteFailed) before anything changes when a head node group would exceed its rules quota or an
     ENI its security-groups quota, saying which group, how many rules, which quota and how to raise it."""
@@ -323,7 +414,8 @@ def plan_network(ec2_for: Ec2For, quotas_for: Callable[[str], Any], members: lis
         wanted = sorted({cidr for m in members if m.head_node.vpc_id != vpc.vpc_id for cidr in member_cidrs(m)})
         vpc.add_entries = [cidr for cidr in wanted if cidr not in vpc.entries]
         vpc.create_prefix_list = bool(vpc.add_entries) and vpc.prefix_list_id is None
-    network = NetworkPlan(federation=federation, vpcs=list(vpcs.values()))
+    network = NetworkPlan(federation=federation, vpcs=list(vpcs.values()),
+                          srun_port_range=v.srun_port_range(srun_port_range))
     problems = []
     per_eni: dict[str, int] = {}
     for member in members:
@@ -345,8 +437,10 @@ def plan_network(ec2_for: Ec2For, quotas_for: Callable[[str], Any], members: lis
             continue
         network.attach.append(Attachment(region=member.region, vpc_id=vpc.vpc_id, network_interface_id=head.network_interface_id,
                                          cluster=member.cluster_name, stack_id=member.stack_id, groups_before=on_eni))
-    rules = plan_rules(members, network.vpcs)
+    rules = plan_rules(members, network.vpcs, network.srun_port_range)
+    network.notes = srun_notes(members, network.vpcs, network.srun_port_range)
     cache: dict[str, list[dict[str, Any]]] = {}
+    network.revoke = unwanted_federation_rules(ec2_for, network, rules, deployment, cache)
     missing = missing_rules(ec2_for, rules, cache)
     per_group: dict[str, int] = {}
     for member in members:
@@ -365,6 +459,24 @@ def plan_network(ec2_for: Ec2For, quotas_for: Callable[[str], Any], members: lis
                 f"(now {now}; a prefix list counts as its max entries), more than {_raise_advice(RULES_QUOTA, limit)}; "
                 "or let its login and compute nodes carry the federation security group (config snippet) so they need "
                 "no rule of their own")
+    for vpc in network.vpcs:  # SrunPortRange's rules sit on the federation groups: counted the same way
+        planned = [r for r in missing if r.target_kind == "federation-group" and r.vpc_id == vpc.vpc_id]
+        if not (planned or vpc.group_id and cache.get(vpc.group_id)):
+            continue
+        ec2, ours = ec2_for(vpc.region), {vpc.prefix_list_id: vpc.max_entries_after} if vpc.prefix_list_id else {}
+        kept = cache.get(vpc.group_id, []) if vpc.group_id else []  # without the rules planned for revocation
+        now = rule_weight(ec2, rules_on_group(ec2, vpc.group_id)) if vpc.group_id else 0
+        after = rule_weight(ec2, kept, ours) + sum(
+            vpc.max_entries_after if r.source_kind == "prefix-list" else 1 for r in planned)
+        limit = per_group.setdefault(vpc.region, quota(quotas_for(vpc.region), RULES_QUOTA))
+        where = f"federation hosts in {vpc.vpc_id}"
+        network.budget.append(GroupBudget(region=vpc.region, group_id=vpc.group_id or "", cluster=where,
+                                          rules_now=now, rules_after=after, quota=limit))
+        if after > limit:
+            problems.append(
+                f"{where}: the federation security group {vpc.group_id or '(to be created)'} would hold {after} "
+                f"inbound rules for SrunPortRange (now {now}; a prefix list counts as its max entries), more than "
+                f"{_raise_advice(RULES_QUOTA, limit)}; or share VPCs/subnets so the prefix list is shorter")
     if problems:
         raise PrerequisiteFailed("the federation's network would not fit its quotas, nothing was changed: "
                                  + "; ".join(problems))
@@ -453,7 +565,8 @@ def apply_network(ec2_for: Ec2For, network: NetworkPlan, rules: list[IngressRule
     so a re-run changes nothing); if any call fails, undo what this execution changed and re-raise."""
     federation = network.federation
     name = resource_name(deployment, federation)
-    done: dict[str, Any] = {"createdGroups": [], "attached": [], "addedEntries": [], "added": []}
+    done: dict[str, Any] = {"createdGroups": [], "attached": [], "addedEntries": [], "added": [], "revoked": [],
+                            "notes": network.notes}
     try:
         for vpc in network.vpcs:
             ec2 = ec2_for(vpc.region)
@@ -485,7 +598,11 @@ def apply_network(ec2_for: Ec2For, network: NetworkPlan, rules: list[IngressRule
             if set_eni_groups(ec2_for(attachment.region), attachment.network_interface_id,
                               add=network.vpc(attachment.vpc_id).group_id):
                 done["attached"].append(attachment.network_interface_id)
+        # first: a wider rule of the option's old value must not count as granting its new one
+        done["revoked"] = [r.state() for r in revoke(ec2_for, network.revoke)]
         resolved = [rule.model_copy(update={
+            # SrunPortRange's rules sit on the federation group, which may have been created just now
+            "group_id": network.vpc(rule.vpc_id).group_id if rule.target_kind == "federation-group" else rule.group_id,
             "source_group_id": network.vpc(rule.vpc_id).group_id if rule.source_kind == "federation-group" else rule.source_group_id,
             "source_prefix_list_id": network.vpc(rule.vpc_id).prefix_list_id if rule.source_kind == "prefix-list" else None,
         }) for rule in rules]
@@ -499,9 +616,9 @@ def apply_network(ec2_for: Ec2For, network: NetworkPlan, rules: list[IngressRule
 
 
 def connect(ec2_for: Ec2For, quotas_for: Callable[[str], Any], members: list[Member], execution: str,
-            deployment: str) -> dict[str, Any]:
+            deployment: str, srun_port_range: str = "") -> dict[str, Any]:
     """PlanPairing's network part then AuthorizeIngress's, in one call: the network a pairing of ``members`` leaves."""
-    network, missing = plan_network(ec2_for, quotas_for, members, deployment)
+    network, missing = plan_network(ec2_for, quotas_for, members, deployment, srun_port_range)
     return apply_network(ec2_for, network, missing, execution, deployment)
 
 
@@ -612,12 +729,30 @@ def federations_of(ec2_for: Ec2For, regions: list[str], stack_id: str, deploymen
     return sorted(names)
 
 
+def federation_group_ids(ec2: Any, federation: str, deployment: str) -> set[str]:
+    """This deployment's federation groups of ``federation`` in the client's region (one per VPC)."""
+    paginator = ec2.get_paginator("describe_security_groups")
+    return {group["GroupId"]
+            for page in paginator.paginate(Filters=[{"Name": "group-name", "Values": [resource_name(deployment, federation)]},
+                                                    {"Name": f"tag:{DEPLOYMENT_TAG}", "Values": [deployment]},
+                                                    {"Name": f"tag:{OWNER_TAG}", "Values": [federation]}])
+            for group in page["SecurityGroups"]}
+
+
 def rules_touching(ec2_for: Ec2For, regions: list[str], federation: str, stack_id: str,
                    group_ids: list[str], deployment: str) -> list[AddedRule]:
-    """Every rule this deployment added in ``federation`` that sits on or references one of ``group_ids``, or names
-    the stack ``stack_id`` as its source or target. A same-named stack elsewhere is another StackId: its rules are
-    not touched."""
-    groups = set(group_ids)
+    """Every rule this deployment added in ``federation`` that sits on or references one of a departing cluster's
+    ``group_ids``, or names the stack ``stack_id`` as its source or target. A same-named stack elsewhere is another
+    StackId: its rules are not touched. The federation's own groups are among a head node's groups as AWS reports
+    them (attached, or HeadNode AdditionalSecurityGroups) but are no cluster's: the rules on and from them stay for
+    the remaining members (shrink_network removes them with the last member of a VPC)."""
+    groups = set(group_ids) - {g for region in regions for g in federation_group_ids(ec2_for(region), federation, deployment)}
+    return _rules_on_or_from(ec2_for, regions, federation, stack_id, groups, deployment)
+
+
+def _rules_on_or_from(ec2_for: Ec2For, regions: list[str], federation: str, stack_id: str, groups: set[str],
+                      deployment: str) -> list[AddedRule]:
+    """Our rules of ``federation`` on or referencing one of ``groups``, or naming the stack ``stack_id``."""
     touching = []
     for region, rule in _our_rules(ec2_for, regions, deployment, [{"Name": f"tag:{OWNER_TAG}", "Values": [federation]}]):
         tags = {t["Key"]: t["Value"] for t in rule.get("Tags", [])}
@@ -668,7 +803,7 @@ def shrink_network(ec2_for: Ec2For, regions: list[str], federation: str, remaini
             for group in page["SecurityGroups"]:
                 if group["VpcId"] in member_vpcs:
                     continue
-                revoke(ec2_for, rules_touching(ec2_for, [region], federation, "", [group["GroupId"]], deployment))
+                revoke(ec2_for, _rules_on_or_from(ec2_for, [region], federation, "", {group["GroupId"]}, deployment))
                 if _carriers(ec2, group["GroupId"]):
                     outcome["leftForTheSweep"].append(group["GroupId"])
                     continue

@@ -74,6 +74,8 @@ class SlurmSettings(StateModel):
     accounting_storage_port: int | None = None
     accounting_file: str | None = None
     dbd_port: int | None = None
+    slurmd_port: int = Field(default=6818, ge=1, le=65535)  # where its compute nodes' slurmd listens (srun -M)
+    srun_port_range: str | None = None  # "LOW-HIGH" srun listens on; None = ephemeral ports (SrunPortRange unset)
     slurmdbd_unit: bool = False
     slurmdbd_active: bool = False
     slurmctld_active: bool = True
@@ -99,6 +101,14 @@ class SlurmSettings(StateModel):
         v.port_range(value, "SlurmctldPort")
         return value
 
+    @field_validator("srun_port_range")
+    @classmethod
+    def _srun_ports(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        low, high = v.port_range(value, "SrunPortRange")
+        return f"{low}-{high}"
+
 
 class Member(StateModel):
     """One ParallelCluster cluster of a federation."""
@@ -119,10 +129,14 @@ class Member(StateModel):
 
 
 class IngressRule(StateModel):
-    """One least-privilege inbound rule on a member's head node security group (ingress.py: its sources)."""
+    """One least-privilege inbound rule on a member's head node security group, or (SrunPortRange on) on a VPC's
+    federation group (ingress.py: its targets and sources)."""
 
     region: str
-    group_id: str
+    group_id: str  # "" for a federation group AuthorizeIngress has yet to create
+    # head-node-group: a member's head node group (Slurm's daemons on the head); federation-group: the federation
+    # group of the VPC (slurmd and srun's ports on every federation host, SrunPortRange only)
+    target_kind: Literal["head-node-group", "federation-group"] = "head-node-group"
     vpc_id: str = ""
     from_port: int
     to_port: int
@@ -135,15 +149,16 @@ class IngressRule(StateModel):
     source_cluster: str
     target_cluster: str
     source_stack: str = ""  # "" for the federation-wide sources
-    target_stack: str
-    purpose: Literal["slurmdbd", "slurmctld", "slurmdbd+slurmctld"]
+    target_stack: str  # "" for a federation group (federation-wide, no member's)
+    purpose: Literal["slurmdbd", "slurmctld", "slurmdbd+slurmctld", "slurmd", "srun"]
     description: str
 
     def same_permission(self, other: IngressRule) -> bool:
         """True when both open the same ports on the same group to the same source."""
-        return (self.group_id, self.from_port, self.to_port, self.source_kind, self.source_group_id,
-                self.source_prefix_list_id) == (other.group_id, other.from_port, other.to_port, other.source_kind,
-                                                other.source_group_id, other.source_prefix_list_id)
+        return (self.group_id, self.vpc_id, self.target_kind, self.from_port, self.to_port, self.source_kind,
+                self.source_group_id, self.source_prefix_list_id) == (
+            other.group_id, other.vpc_id, other.target_kind, other.from_port, other.to_port, other.source_kind,
+            other.source_group_id, other.source_prefix_list_id)
 
 
 class AddedRule(StateModel):

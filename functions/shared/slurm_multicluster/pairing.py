@@ -136,8 +136,9 @@ def _split(request: PairingRequest, members: list[Member]) -> tuple[Member, Memb
     return new, accounting[0], peers
 
 
-def check_prerequisites(request: PairingRequest, members: list[Member]) -> list[str]:
-    """Every check that must pass before anything changes; raises PrerequisiteFailed with all problems."""
+def check_prerequisites(request: PairingRequest, members: list[Member], config: Settings | None = None) -> list[str]:
+    """Every check that must pass before anything changes; raises PrerequisiteFailed with all problems.
+    ``config``: the federation's settings (registry overrides applied), for its SrunPortRange option."""
     new, accounting, peers = _split(request, members)
     problems = []
     passed = [f"exactly one accounting cluster: {accounting.cluster_name}"]
@@ -171,6 +172,16 @@ def check_prerequisites(request: PairingRequest, members: list[Member]) -> list[
         )
     if len(new.slurm.cluster_name) > 40:
         problems.append(f"ClusterName {new.slurm.cluster_name} is longer than 40 characters (Slurm accounting limit)")
+    expected = config.srun_port_range if config else ""
+    if expected:  # the rules open exactly this range: srun on another range would have no path
+        for member in members:
+            assert member.slurm
+            if member.slurm.srun_port_range != expected:
+                problems.append(
+                    f"{member.cluster_name} runs with SrunPortRange {member.slurm.srun_port_range or 'unset'}, the "
+                    f"federation's SrunPortRange option is {expected}: set SrunPortRange={expected} in its slurm.conf "
+                    "(ParallelCluster Scheduling/SlurmSettings/CustomSlurmSettings), then pcluster update-cluster")
+        passed.append(f"every member runs with SrunPortRange {expected} (interactive srun/salloc -M)")
     if problems:
         raise PrerequisiteFailed("; ".join(problems))
     return passed
@@ -182,7 +193,8 @@ def plan(clients: ClientFactory, request: PairingRequest, members: list[Member],
     assert new.slurm and accounting.slurm
     # The rule budget is checked here, before anything changes (PrerequisiteFailed names group, count and quota).
     network, rules = ingress.plan_network(lambda region: clients("ec2", region),
-                                          lambda region: clients("service-quotas", region), members, config.deployment_id)
+                                          lambda region: clients("service-quotas", region), members, config.deployment_id,
+                                          config.srun_port_range)
     secret_name = config.munge_key_secret_name(new.federation)
     # A same-named secret someone else made would be handed the key: refuse before anything changes.
     munge_secret.check_ours(clients("secretsmanager", accounting.region), secret_name, config)

@@ -10,7 +10,7 @@ Layout (one parameter per fact, so an admission or revocation is one audited cal
 
 ``<root>/<federation>/settings``
     JSON: ``{"accountingStackArn": ARN, "rotationDays": 90, "stopMemberSlurmdbd": true,
-    "unpairRemovesAccounting": false}`` (only accountingStackArn is required). Declares the federation: the
+    "unpairRemovesAccounting": false, "srunPortRange": "60001-63000"}`` (only accountingStackArn is required). Declares the federation: the
     accounting cluster is the stack with exactly this StackId, whatever any tag says.
 ``<root>/<federation>/members/<region>/<stack name>/<stack uuid>``
     value: the stack ARN. Admits exactly that stack: a stack of the same name in another region or account, or
@@ -83,11 +83,17 @@ class Declaration(_Entry):
     rotation_days: int | None = Field(default=None, ge=1, le=3650)  # None: no scheduled rotation
     stop_member_slurmdbd: bool | None = None  # None: the deployment's StopMemberSlurmdbd
     unpair_removes_accounting: bool | None = None  # None: the deployment's UnpairRemovesAccounting
+    srun_port_range: str | None = None  # None: the deployment's SrunPortRange ("" turns it off for this federation)
 
     @field_validator("accounting_stack_arn")
     @classmethod
     def _arn(cls, value: str) -> str:
         return v.require(v.STACK_ARN, value, "accountingStackArn")
+
+    @field_validator("srun_port_range")
+    @classmethod
+    def _srun_port_range(cls, value: str | None) -> str | None:
+        return None if value is None else v.srun_port_range(value, "srunPortRange")
 
 
 class AdmissionRule(_Entry):
@@ -143,6 +149,7 @@ class Federation(BaseModel):
         overrides = {key: value for key, value in {
             "stop_member_slurmdbd": self.declaration.stop_member_slurmdbd,
             "unpair_removes_accounting": self.declaration.unpair_removes_accounting,
+            "srun_port_range": self.declaration.srun_port_range,
         }.items() if value is not None}
         return config.model_copy(update=overrides)
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
+
+from slurm_multicluster import validation as v
 
 
 class Settings(BaseModel):
@@ -25,6 +27,14 @@ class Settings(BaseModel):
     federation_lease_seconds: int = 46800
     munge_key_bytes: int = 1024
     unpair_removes_accounting: bool = False
+    # SrunPortRange: "" = interactive srun/salloc -M not opened (the default); "LOW-HIGH" = every member must run
+    # with exactly this SrunPortRange, and the federation groups open SlurmdPort and it (docs/design.md, Network)
+    srun_port_range: str = ""
+
+    @field_validator("srun_port_range")
+    @classmethod
+    def _srun_port_range(cls, value: str) -> str:
+        return v.srun_port_range(value)
 
     @property
     def member_regions(self) -> list[str]:
@@ -60,4 +70,5 @@ def settings() -> Settings:
         federation_lease_seconds=int(env.get("FEDERATION_LEASE_SECONDS", "46800")),
         munge_key_bytes=int(env.get("MUNGE_KEY_BYTES", "1024")),
         unpair_removes_accounting=env.get("UNPAIR_REMOVES_ACCOUNTING", "false").lower() == "true",
+        srun_port_range=env.get("SRUN_PORT_RANGE", "").strip(),
     )

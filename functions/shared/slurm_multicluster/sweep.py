@@ -400,6 +400,9 @@ def drift_items(plan: dict[str, Any], missing_rules: int) -> list[str]:
     items = []
     if missing_rules:
         items.append(f"{missing_rules} missing ingress rule{'s' if missing_rules > 1 else ''}")
+    unwanted = len((plan.get("network") or {}).get("revoke") or [])
+    if unwanted:  # SrunPortRange turned off or changed since these were opened
+        items.append(f"{unwanted} ingress rule{'s' if unwanted > 1 else ''} SrunPortRange no longer opens")
     key = plan.get("mungeKey") or {}
     if key.get("headKeyDiffers"):
         items.append("munge key differs")

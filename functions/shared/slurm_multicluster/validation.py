@@ -29,6 +29,8 @@ SHA256 = re.compile(r"^[0-9a-f]{64}$")
 # "<file>=<sha256>" of a shared munge key copy, "<file>=" for a shared dir without one (discover-slurm.sh)
 SHARED_MUNGE_KEY = re.compile(r"^/[A-Za-z0-9._/+@-]{1,255}=([0-9a-f]{64})?$")
 PORT_RANGE = re.compile(r"^(?P<low>\d{1,5})(-(?P<high>\d{1,5}))?$")
+# SrunPortRange as the option takes it (template parameter, registry setting): LOW-HIGH, unprivileged ports
+SRUN_PORT_RANGE = re.compile(r"^\d{4,5}-\d{4,5}$")
 MUNGE_CREDENTIAL = re.compile(r"^MUNGE:[A-Za-z0-9+/=]+:$")
 
 
@@ -49,6 +51,17 @@ def port_range(value: object, what: str = "port range") -> tuple[int, int]:
     if not 1 <= low <= high <= 65535:
         raise InvalidInput(f"invalid {what}: {value!r}")
     return low, high
+
+
+def srun_port_range(value: object, what: str = "SrunPortRange") -> str:
+    """``""`` (interactive srun/salloc -M not opened) or ``LOW-HIGH`` with 1024 <= LOW <= HIGH <= 65535, as given."""
+    if value == "":
+        return ""
+    text = require(SRUN_PORT_RANGE, value, what)
+    low, high = port_range(text, what)
+    if low < 1024:
+        raise InvalidInput(f"invalid {what}: {value!r} (ports 1024-65535, LOW <= HIGH)")
+    return f"{low}-{high}"
 
 
 def ipv4(value: object, what: str = "IPv4 address") -> str:

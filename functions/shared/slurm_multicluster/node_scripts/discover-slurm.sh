@@ -11,7 +11,9 @@
 #   accountingFile (the file setting AccountingStorageType, else where such lines go:
 #   slurm_parallelcluster.conf when slurm.conf includes it, else slurm.conf), accountingDefinedIn (files
 #   setting any AccountingStorageType/Host/Port), dbdPort (int or null, from slurmdbd.conf),
-#   slurmdbdUnit, slurmdbdActive, slurmctldActive, mungeActive (bools), slurmVersion, slurmdbdVersion,
+#   slurmdPort (int, SlurmdPort: 6818 unless set), srunPortRange ("LOW-HIGH" or null when SrunPortRange is unset:
+#   srun then listens on ephemeral ports), slurmdbdUnit, slurmdbdActive, slurmctldActive, mungeActive (bools),
+#   slurmVersion, slurmdbdVersion,
 #   mungeVersion, mungeKeySha256 (fingerprint only, never key bytes), sharedMungeKeys ("<file>=<sha256>" of
 #   each shared copy compute and login nodes boot from, "<file>=" when the dir exists without a key), configSource,
 #   registeredClusters (where this node runs an active slurmdbd: "name=ControlHost" of every cluster in its
@@ -38,6 +40,8 @@ if [[ -n $live ]] && [[ -n $(scontrol_config_value ClusterName "$live") ]]; then
     acct_type=$(scontrol_config_value AccountingStorageType "$live")
     acct_host=$(scontrol_config_value AccountingStorageHost "$live")
     acct_port=$(scontrol_config_value AccountingStoragePort "$live")
+    slurmd_port=$(scontrol_config_value SlurmdPort "$live")
+    srun_range=$(scontrol_config_value SrunPortRange "$live")
     slurm_version=$(scontrol_config_value SLURM_VERSION "$live")
 else
     config_source=files
@@ -48,6 +52,8 @@ else
     acct_type=$(conf_last_value AccountingStorageType "${conf_files[@]}")
     acct_host=$(conf_last_value AccountingStorageHost "${conf_files[@]}")
     acct_port=$(conf_last_value AccountingStoragePort "${conf_files[@]}")
+    slurmd_port=$(conf_last_value SlurmdPort "${conf_files[@]}")
+    srun_range=$(conf_last_value SrunPortRange "${conf_files[@]}")
     slurm_version=""
 fi
 # SlurmctldHost is "name(address)" or "name"
@@ -58,6 +64,17 @@ if [[ $ctld_host =~ ^([^\(]*)\((.*)\)$ ]]; then
 fi
 [[ -n $ctld_port ]] || ctld_port=6817
 [[ $acct_port != 0 ]] || acct_port=""
+[[ -n $slurmd_port ]] || slurmd_port=6818 # slurmd's default
+if ! [[ $slurmd_port =~ ^[0-9]{1,5}$ ]] || ((10#$slurmd_port < 1 || 10#$slurmd_port > 65535)); then
+    die "SlurmdPort is not a port: $(sanitize "$slurmd_port")"
+fi
+[[ $srun_range != 0-0 ]] || srun_range="" # scontrol's way of saying unset
+if [[ -n $srun_range ]]; then
+    if ! [[ $srun_range =~ ^([0-9]{1,5})-([0-9]{1,5})$ ]] ||
+        ((10#${BASH_REMATCH[1]} < 1 || 10#${BASH_REMATCH[1]} > 10#${BASH_REMATCH[2]} || 10#${BASH_REMATCH[2]} > 65535)); then
+        die "SrunPortRange is not LOW-HIGH: $(sanitize "$srun_range")"
+    fi
+fi
 if [[ -z $slurm_version ]]; then
     slurm_version=$(timeout 10 scontrol --version 2>/dev/null | awk '{print $NF}' | head -n1) || slurm_version=""
 fi
@@ -133,6 +150,8 @@ result_int_or_null accountingStoragePort "$acct_port"
 result_str_or_null accountingFile "$accounting_file"
 result_list accountingDefinedIn ${defined_in[@]+"${defined_in[@]}"}
 result_int_or_null dbdPort "$dbd_port"
+result_int_or_null slurmdPort "$((10#$slurmd_port))"
+result_str_or_null srunPortRange "$srun_range"
 result_bool slurmdbdUnit "$slurmdbd_unit"
 result_bool slurmdbdActive "$slurmdbd_active"
 result_bool slurmctldActive "$slurmctld_active"
