@@ -16,7 +16,7 @@ import socket
 import threading
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import requests
 
@@ -38,6 +38,9 @@ class LabCloud:
     commands: list[dict[str, Any]]
     endpoint: str
     node_of_instance: dict[str, str] = field(default_factory=dict)
+    # called with (lab node, command) right before the SSM stand-in runs a command there: a test's way to make
+    # something happen on the cluster at an exact point of a workflow (it must not raise)
+    before_command: Callable[[str, cloud.RunCommand], None] | None = None
 
     @property
     def region(self) -> str:
@@ -218,6 +221,8 @@ def lab_cloud(
             node_of_instance.update(zip(mirror.login_instance_ids, (n.name for n in logins)))
 
         def execute(command: cloud.RunCommand) -> tuple[int, str, str]:
+            if seen_from_aws.before_command is not None:
+                seen_from_aws.before_command(node_of_instance[command.instance_id], command)
             # the document's rendered text, run with sh on the node as the SSM agent runs it
             done = lab.sh(node_of_instance[command.instance_id], command.text,
                           env=node_environment(lab, port, command.region), timeout=command.timeout,
@@ -226,5 +231,6 @@ def lab_cloud(
 
         stack.enter_context(cloud.real_lambda_handlers(deployment))
         commands = stack.enter_context(cloud.ssm_runs_on(execute, routable=lambda i: i in node_of_instance))
-        yield LabCloud(lab, deployment, clusters, commands, endpoint, node_of_instance)
+        seen_from_aws = LabCloud(lab, deployment, clusters, commands, endpoint, node_of_instance)
+        yield seen_from_aws
 

@@ -6,7 +6,8 @@ import base64
 import contextlib
 import io
 import re
-from typing import Any
+import time
+from typing import Any, Callable
 
 import boto3
 
@@ -141,3 +142,32 @@ def jobs_in_every_direction(lab: Lab, clusters: list[str]) -> dict[str, dict[str
 def opt_in(cloud: LabCloud, cluster: str) -> None:
     """The admin adds the federation tag to an existing cluster and admits it in the registry."""
     cloud.opt_in(cluster, BETA_TAGS)
+
+
+# a batch job that runs until the test releases it, then marks that its script ended (end_job_before_node_switches)
+ENDING = "while [ ! -e /tmp/release-{tag} ]; do sleep 0.2; done; hostname; touch /tmp/ended-{tag}"
+
+
+def end_job_before_node_switches(lab: Lab, cluster: str, job_id: int, seen: list[str]
+                                 ) -> Callable[[str, cloud.RunCommand], None]:
+    """A LabCloud.before_command hook: right before ``cluster``'s compute node installs a munge key (its head node
+    already runs it), let the cluster's ENDING job end, and wait until its slurmstepd has reported the end (gone)
+    or cannot reach slurmctld (down), so the job ends exactly while head and node disagree. Never raises: the
+    job's outcome is what tests assert. What it saw is appended to ``seen`` (once)."""
+    compute = f"{cluster}-compute-1"
+
+    def hook(node: str, command: cloud.RunCommand) -> None:
+        if seen or node != compute or not command.document_name.endswith("-InstallMungeKey"):
+            return
+        lab.exec(node, ["touch", f"/tmp/release-{cluster}"], check=True)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            ended = lab.exec(node, ["test", "-e", f"/tmp/ended-{cluster}"]).returncode == 0
+            stepd = lab.exec(node, ["scontrol", "listpids", str(job_id)]).stdout.strip().splitlines()[1:]
+            ctld_down = lab.exec(f"{cluster}-head", ["systemctl", "is-active", "--quiet", "slurmctld"]).returncode != 0
+            if ended and (not stepd or ctld_down):
+                seen.append("reported" if not stepd else "slurmctld down")
+                return
+            time.sleep(0.2)
+        seen.append("undecided after 30 s")
+    return hook

@@ -15,6 +15,7 @@ from lab import cloud as aws_harness
 from lab.bridge import LabCloud, lab_cloud
 from lab_helpers import sha256, submit, wait_job_completed, wait_until
 from pairing_helpers import (
+    ENDING, end_job_before_node_switches,
     ACCOUNTING_CONF, ALPHA_TAGS, BETA_TAGS, KEY, SHARED_KEY, assert_absent, daemon, eni_groups, events_queue, fresh_lab,
     key_bytes, our_rules, published, rule_sources, run_logged, sacctmgr_clusters, wait_job_completed_on,
 )
@@ -50,14 +51,19 @@ def paired(lab_host):
             "alpha_key": key_bytes(lab, "alpha-head"),
             "beta_key": key_bytes(lab, "beta-head"),
             "beta_conf": lab.exec("beta-head", ["cat", ACCOUNTING_CONF], check=True).stdout,
-            # long enough to run across the whole pairing: a job that ends in the instant of the munge key switch
-            # loses its completion message (slurmctld keeps it RUNNING: an open issue, see the stop 14 note)
-            "running_job": submit(lab, "beta-head", "--wrap", "sleep 40"),
+            # it ends right before beta's compute node switches keys, its head node on the federation key already
+            "running_job": submit(lab, "beta-head", "--wrap", ENDING.format(tag="beta")),
         }
         wait_until(lambda: "RUNNING" in lab.exec("beta-head", ["squeue", "-h", "-o", "%T"]).stdout, 30,
                    "beta's job running before the pairing")
         event = cloud.event_for("beta")
-        result, logs = run_logged(cloud, event)
+        ended: list[str] = []
+        cloud.before_command = end_job_before_node_switches(lab, "beta", before["running_job"], ended)
+        try:
+            result, logs = run_logged(cloud, event)
+        finally:
+            cloud.before_command = None
+        before["ended during the switch"] = ended
         pairing = Pairing(cloud, result, logs, before)
         pairing.before["event"] = event
         pairing.before["events"] = published(queue)
@@ -127,9 +133,13 @@ def test_every_node_of_the_new_member_runs_the_federation_key(paired):
 
 
 def test_the_job_running_during_pairing_is_not_lost(paired):
-    # Slurm keeps the job across the slurmctld restarts (StateSaveLocation); it completes on beta.
+    """It ends while beta's head node runs the federation key and its compute node still its own: slurmctld is down
+    then (held by SyncMungeKey), so slurmstepd retries the end report until slurmctld is back on the node's key;
+    a slurmctld on the other key would refuse it and keep the job RUNNING."""
     lab = paired.cloud.lab
-    wait_job_completed(lab, "beta-head", paired.before["running_job"], timeout=60)
+    assert paired.before["ended during the switch"], "the job was not released during beta's switch"
+    fields = wait_job_completed_on(lab, "beta-head", "beta", paired.before["running_job"])
+    assert fields["ExitCode"] == "0:0"
 
 
 def test_a_compute_node_booted_after_pairing_joins_with_the_shared_key(paired):

@@ -27,7 +27,7 @@ from lab import cloud as aws_harness
 from lab.bridge import LabCloud, lab_cloud
 from lab_helpers import sha256, submit, wait_job_completed, wait_until
 from pairing_helpers import (
-    opt_in,
+    opt_in, ENDING, end_job_before_node_switches,
     ALPHA_TAGS, BETA_TAGS, FEDERATION, KEY, SHARED_KEY, assert_absent, events_queue, fresh_lab,
     jobs_in_every_direction, key_bytes, published, sacctmgr_clusters, wait_job_completed_on,
 )
@@ -155,7 +155,10 @@ def rotated(federation) -> Rotation:
         # one job running on each cluster's only compute node, held until after the rotation ...
         "running:alpha": ("alpha-head", "alpha", submit(lab, "alpha-head", "--wrap", HELD.format(tag="alpha"))),
         "running:beta": ("beta-head", "beta", submit(lab, "beta-head", "--wrap", HELD.format(tag="beta"))),
-        "running:gamma": ("gamma-head", "gamma", submit(lab, "gamma-head", "--wrap", HELD.format(tag="gamma"))),
+        # ... but gamma's, released once gamma's head node runs the new key and right before its compute node
+        # switches: it ends while the two disagree (end_job_before_node_switches)
+        "ending:gamma": ("gamma-head", "gamma", submit(lab, "gamma-head", "--wrap",
+                                                       ENDING.format(tag="gamma"))),
     }
     for name, (node, cluster, job) in jobs.items():
         wait_until(lambda: job_state(lab, node, cluster, job) == "RUNNING", 30, f"{name} running")
@@ -163,25 +166,31 @@ def rotated(federation) -> Rotation:
     jobs["queued:beta"] = ("beta-head", "beta", submit(lab, "beta-head", "--wrap", "hostname"))
     jobs["queued:gamma->alpha"] = ("gamma-head", "alpha", submit(lab, "gamma-head", "--clusters=alpha", "--wrap", "hostname"))
     seen: dict[str, set[str]] = {name: set() for name in jobs}
+    released: list[str] = []
+    federation.cloud.before_command = end_job_before_node_switches(lab, "gamma", jobs["ending:gamma"][2], released)
 
     def watch(event: dict[str, Any]) -> None:  # what Slurm reports for the jobs while the rotation runs
-        if "stateEnteredEventDetails" in event and event["stateEnteredEventDetails"]["name"] in (
-                "SwitchAccountingMember", "SwitchMembers", "TestFederation", "FinishRotation"):
+        entered = event.get("stateEnteredEventDetails", {}).get("name")
+        if entered in ("SwitchAccountingMember", "SwitchMembers", "TestFederation", "FinishRotation"):
             for name, (node, cluster, job) in jobs.items():
                 seen[name].add(job_state(lab, node, cluster, job) or "(slurmctld not answering)")
 
-    result, seconds = rotate(federation, on_event=watch)
+    try:
+        result, seconds = rotate(federation, on_event=watch)
+    finally:
+        federation.cloud.before_command = None
     rotation = Rotation(result, seconds, sha256_bytes(before_key))
     rotation.observed["before_version"] = before_version
     rotation.observed["labels"] = labels()
     rotation.observed["states_during_rotation"] = {name: sorted(states) for name, states in seen.items()}
     rotation.observed["states_right_after"] = {n: job_state(lab, *jobs[n]) for n in jobs}
+    rotation.observed["released_during_rotation"] = released
     if result["status"] == "SUCCEEDED":
         version, key = current_version()
         federation.keys.append(key)
         rotation.observed["current_version"], rotation.observed["current_sha"] = version, sha256_bytes(key)
     rotation.fingerprints = fingerprints(lab)
-    for cluster in CLUSTERS:
+    for cluster in ("alpha", "beta"):
         release(lab, f"{cluster}-compute-1", cluster)
     for name, (node, cluster, job) in jobs.items():
         rotation.jobs[name] = wait_job_completed_on(lab, node, cluster, job)
@@ -215,11 +224,23 @@ def test_jobs_run_in_every_direction_after_the_rotation(rotated, federation):
 
 
 def test_jobs_running_across_the_switch_keep_running_and_complete(rotated):
-    for cluster in CLUSTERS:
+    for cluster in ("alpha", "beta"):
         name = f"running:{cluster}"
         assert rotated.observed["states_during_rotation"][name] == ["RUNNING"]
         assert rotated.observed["states_right_after"][name] == "RUNNING"
         assert rotated.jobs[name]["ExitCode"] == "0:0"
+
+
+def test_a_job_ending_while_its_cluster_switches_keys_completes_and_is_not_left_running(rotated):
+    """Its slurmstepd reports the end to slurmctld while munged or slurmctld restart on the other key: the report
+    must still arrive (slurmstepd retries with a fresh credential), so the job is COMPLETED, not stuck RUNNING
+    or failed by the node's re-registration."""
+    name = "ending:gamma"
+    assert rotated.observed["released_during_rotation"], "the job was not released during gamma's switch"
+    assert set(rotated.observed["states_during_rotation"][name]) <= {
+        "RUNNING", "COMPLETING", "COMPLETED", "(slurmctld not answering)"}
+    assert rotated.jobs[name]["JobState"] == "COMPLETED"  # within wait_job_completed_on's deadline
+    assert rotated.jobs[name]["ExitCode"] == "0:0"
 
 
 def test_jobs_queued_before_the_rotation_run_after_it(rotated):

@@ -304,6 +304,79 @@ def test_switch_second_run_is_a_no_op(node, federation_secret, pending_key):
     assert node.systemctl_actions() == []
 
 
+def test_switch_with_hold_leaves_slurmctld_stopped_until_start_held(node, federation_secret, pending_key):
+    """While compute nodes still run the old key, a job ending there must find slurmctld down (its slurmstepd
+    retries) rather than up on the new key (which refuses its report for good)."""
+    assert stage_on_head(node, federation_secret, sha256(pending_key), "--shared-dirs").returncode == 0
+    assert node.unit_state("slurmctld") == "active"
+    node.clear_calls()
+
+    held = switch(node, sha256(pending_key), "--shared-dirs", "--restart", "slurmdbd", "--hold", "slurmctld")
+
+    assert held.returncode == 0, held.stderr
+    assert held.json["held"] == ["slurmctld"] and held.json["restarted"] == ["munge", "slurmdbd"]
+    assert node.systemctl_actions() == [("stop", "slurmctld"), ("restart", "munge"), ("restart", "slurmdbd")]
+    assert node.unit_state("slurmctld") == "inactive"
+    assert "held:slurmctld" in node.manifest("rot-1")
+    assert file_sha(node.key_file) == sha256(pending_key)
+    node.clear_calls()
+
+    started = switch(node, sha256(pending_key), "--start-held")
+
+    assert started.returncode == 0, started.stderr
+    assert started.json["changed"] is True and started.json["restarted"] == ["slurmctld"]
+    assert node.systemctl_actions() == [("start", "slurmctld")]
+    assert node.unit_state("slurmctld") == "active"
+    node.clear_calls()
+    again = switch(node, sha256(pending_key), "--start-held")  # idempotent: nothing held is stopped any more
+    assert again.returncode == 0 and again.json["changed"] is False and again.json["restarted"] == []
+    assert node.systemctl_actions() == []
+
+
+def test_start_held_refuses_while_the_node_does_not_run_the_expected_key(node, federation_secret, pending_key):
+    assert stage_on_head(node, federation_secret, sha256(pending_key), "--shared-dirs").returncode == 0
+    assert switch(node, sha256(pending_key), "--shared-dirs", "--hold", "slurmctld").returncode == 0
+    node.clear_calls()
+
+    result = switch(node, "b" * 64, "--start-held")  # not the key this node runs: slurmctld must not start on it
+
+    assert result.returncode == 1
+    assert node.unit_state("slurmctld") == "inactive" and node.systemctl_actions() == []
+
+
+def test_restore_backup_starts_a_held_slurmctld_again_on_the_old_key(node, federation_secret, pending_key):
+    old_sha = file_sha(node.key_file)
+    assert stage_on_head(node, federation_secret, sha256(pending_key), "--shared-dirs").returncode == 0
+    assert switch(node, sha256(pending_key), "--shared-dirs", "--hold", "slurmctld").returncode == 0
+    assert node.unit_state("slurmctld") == "inactive"
+
+    result = node.run("restore-backup.sh", "--backup-id", "rot-1")
+
+    assert result.returncode == 0, result.stderr
+    assert file_sha(node.key_file) == old_sha
+    assert "slurmctld" in result.json["restarted"] and node.unit_state("slurmctld") == "active"
+
+
+def test_a_switch_that_fails_after_holding_slurmctld_starts_it_again(node, federation_secret, pending_key):
+    assert stage_on_head(node, federation_secret, sha256(pending_key), "--shared-dirs").returncode == 0
+    node.set_unit("slurmdbd", fail_restarts=1)  # the switch fails after munge restarted, slurmctld held
+
+    result = switch(node, sha256(pending_key), "--shared-dirs", "--restart", "slurmdbd", "--hold", "slurmctld",
+                    "--deadline", "3")
+
+    assert result.returncode == 1 and result.json["rolledBack"] is True
+    assert node.unit_state("slurmctld") == "active"  # not left down by a failed switch
+
+
+@pytest.mark.parametrize("extra", [("--hold", "slurmd"), ("--hold", "slurmctld", "--restart", "slurmctld"),
+                                   ("--hold", "slurmctld", "--start-held")])
+def test_hold_takes_only_slurmctld_and_not_with_its_restart_or_start(node, extra):
+    before = node.snapshot()
+    result = switch(node, "a" * 64, *extra)
+    assert result.returncode == 2
+    assert node.snapshot() == before and node.systemctl_actions() == []
+
+
 def test_switch_refuses_when_nothing_was_staged(node):
     before = node.snapshot()
     result = switch(node, "a" * 64, "--shared-dirs", "--restart", "slurmctld")

@@ -32,6 +32,7 @@ VALID = {
     "ExpectSha256": ["0" * 64, "ab" * 32],
     "BackupId": ["exec-9", "3f2c6a4e-7d1b-4c8e-9a0f-2b6d8e1c5a7f", "pairing-abc.def_1", "A" * 80],
     "Restart": ["slurmd", "slurmctld", "slurmdbd,slurmctld", "slurmdbd,slurmctld,slurmd"],
+    "Hold": ["slurmctld"],
     "Deadline": ["1", "120", "999", "3600"],
     "VersionId": ["3f2c6a4e-7d1b-4c8e-9a0f-2b6d8e1c5a7f", "a" * 32, "A-" * 32],
     "KeyBytes": ["32", "99", "512", "1024"],
@@ -49,6 +50,7 @@ VALID = {
 OUT_OF_RANGE = {
     "Deadline": ["0", "3601", "99999", "012"], "KeyBytes": ["31", "1025", "0"], "Port": ["0", "65536", "06819"],
     "Interval": ["0", "61"], "Restart": ["munge", "slurmd,", ",slurmd"], "Mode": ["encodex", "ENCODE"],
+    "Hold": ["slurmd", "slurmdbd", "slurmctld,slurmd"],
     "VersionStage": ["AWSCURRENTX", "current"], "ExpectSha256": ["A" * 64, "0" * 63], "VersionId": ["a" * 31],
     "BackupId": ["-exec", "A" * 81], "Host": ["-host", "host-", "a..b"], "Credential": ["MUNGE::"],
     "Peers": ["alpha,", ",alpha"], "Region": ["US-EAST-1", "useast1"], "executionTimeout": ["123456"],

@@ -51,6 +51,7 @@ class SimulatedNode:
     # not share its key stays unregistered: "Association database appears down", seen on real daemons)
     registered: bool = True
     restarts: list[str] = field(default_factory=list)
+    held: set[str] = field(default_factory=set)  # head: backup ids whose switch holds slurmctld stopped
     srun_port_range: str | None = None  # head: slurm.conf's SrunPortRange (None: unset, srun uses ephemeral ports)
     slurmd_port: int = 6818  # head: slurm.conf's SlurmdPort
 
@@ -183,6 +184,14 @@ class SimulatedFederation:
     def _install_munge_key(self, node: SimulatedNode, args: list[str]) -> dict[str, Any]:
         flags = self._flags(args)
         expect, backup = str(flags["--expect-sha256"]), str(flags["--backup-id"])
+        if flags.get("--start-held"):  # after the fleet's switch: the slurmctld the switch held starts again
+            if node.key_sha != expect:
+                return {"ok": False, "changed": False, "error": f"nothing staged under {backup}"}
+            started = [backup] if backup in node.held else []
+            node.held.discard(backup)
+            node.restarts += ["slurmctld"] * len(started)
+            return {"ok": True, "changed": bool(started), "sha256": expect,
+                    "restarted": ["slurmctld"] if started else [], "held": []}
         if node.role == "head":
             if self.labels_during_switch is None:
                 self.labels_during_switch = self._secrets().describe_secret(SecretId=self.secret_id)["VersionIdsToStages"]
@@ -213,7 +222,11 @@ class SimulatedFederation:
         if node.role == "head":
             node.shared_sha = staged
             node.shared_pending_sha = None
-            restarted += ["slurmdbd", "slurmctld"] if node.cluster == self.accounting else ["slurmctld"]
+            if flags.get("--hold") == "slurmctld":  # stopped until --start-held
+                node.held.add(backup)
+                restarted += ["slurmdbd"] if node.cluster == self.accounting else []
+            else:
+                restarted += ["slurmdbd", "slurmctld"] if node.cluster == self.accounting else ["slurmctld"]
             if node.cluster in self.slurmctld_dies_after_switch:
                 node.slurmctld_up = False
             self._register(node)
@@ -239,6 +252,10 @@ class SimulatedFederation:
             changed = bool(restarted) or backup in node.staged or node.shared_pending_sha is not None
             node.staged.pop(backup, None)
             node.shared_pending_sha = None
+        if backup in node.held:  # restore-backup.sh starts a slurmctld the switch held
+            node.held.discard(backup)
+            if "slurmctld" not in restarted:
+                restarted.append("slurmctld")
         if flags.get("--restart-failed") and not node.slurmctld_up:
             node.slurmctld_up = True
             restarted.append("slurmctld")

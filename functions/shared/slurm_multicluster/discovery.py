@@ -8,11 +8,11 @@ from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit
 from botocore.exceptions import ClientError
 
-from slurm_multicluster import announcements, munge_secret
+from slurm_multicluster import announcements, munge_secret, node_commands
 from slurm_multicluster import validation as v
 from slurm_multicluster.errors import InvalidInput, NodeUnreachable, PrerequisiteFailed
 from slurm_multicluster.models import HeadNode, Member, StateModel
-from slurm_multicluster.node_commands import SSM_POLICY_HINT
+from slurm_multicluster.node_commands import SSM_POLICY_HINT, NodeResult
 from slurm_multicluster.registry import Federation
 from slurm_multicluster.settings import Settings
 
@@ -29,12 +29,18 @@ def tags_of(stack: dict[str, Any]) -> dict[str, str]:
     return {tag["Key"]: tag["Value"] for tag in stack.get("Tags", [])}
 
 
+def stack_missing(error: ClientError) -> bool:
+    """Is this CloudFormation's answer for a stack it does not know ("Stack with id X does not exist", a
+    ValidationError code shared with other refusals, so the message decides)?"""
+    return "does not exist" in error.response["Error"].get("Message", "")
+
+
 def describe_stack(cloudformation: Any, stack: str) -> dict[str, Any] | None:
     """The stack's description, or None when it does not exist."""
     try:
         return cloudformation.describe_stacks(StackName=stack)["Stacks"][0]
     except ClientError as error:
-        if "does not exist" in error.response["Error"].get("Message", ""):
+        if stack_missing(error):
             return None
         raise
 
@@ -316,6 +322,20 @@ def ssm_online(ssm: Any, instance_ids: list[str]) -> set[str]:
         for page in paginator.paginate(Filters=[{"Key": "InstanceIds", "Values": batch}]):
             online |= {i["InstanceId"] for i in page["InstanceInformationList"] if i.get("PingStatus") == SSM_ONLINE}
     return online
+
+
+def node_keys(ssm: Any, ec2: Any, cluster_name: str, instance_ids: list[str]) -> dict[str, NodeResult]:
+    """Which munge key each of a cluster's ``instance_ids`` runs, as the node itself reports it (report-munge-key.sh,
+    read-only: a fingerprint, never the key); a node shut down before or while it answers comes back ``gone``."""
+    return node_commands.run_script(ssm, instance_ids, "report-munge-key.sh", {}, timeout_seconds=120,
+                                    comment=f"slurm-multicluster: which munge key {cluster_name}'s nodes run",
+                                    gone_check=node_commands.fleet_check(ec2))
+
+
+def not_on_key(results: dict[str, NodeResult], sha256: str) -> list[str]:
+    """The nodes of ``results`` (node_keys) that are not gone and do not say they run the key ``sha256``; a node
+    that could not say counts as not on it."""
+    return sorted(i for i, r in results.items() if not r.gone and (not r.ok or r.result.get("mungeKeySha256") != sha256))
 
 
 def claimed_cluster_names(stacks: list[tuple[str, dict[str, Any]]], federation: str) -> dict[str, str]:

@@ -233,8 +233,10 @@ def plan(clients: ClientFactory, request: PairingRequest, members: list[Member],
         )
         if stop_dbd:
             restarts.append(f"{new.cluster_name} head node: stop and disable its own slurmdbd")
-    if head_differs or (accounting_plan and accounting_plan.change):
-        restarts.append(f"{new.cluster_name} head node: slurmctld (once, after the key and accounting changes)")
+    if head_differs:
+        restarts.append(f"{new.cluster_name} head node: slurmctld stopped while its nodes switch keys, then started")
+    if accounting_plan and accounting_plan.change:
+        restarts.append(f"{new.cluster_name} head node: slurmctld (after the accounting change)")
     return Plan(
         federation=new.federation,
         cluster_name=new.cluster_name,
@@ -261,15 +263,12 @@ def plan(clients: ClientFactory, request: PairingRequest, members: list[Member],
 
 def nodes_not_on(clients: ClientFactory, member: Member, sha256: str, config: Settings) -> list[str]:
     """The member's compute and login nodes that do not run the key with this fingerprint, as each node itself
-    reports it (report-munge-key.sh, read-only); a node that cannot say counts as not on it."""
+    reports it (discovery.node_keys); a node that cannot say counts as not on it, one shut down meanwhile does not."""
     nodes = member.compute_instance_ids + member.login_instance_ids
     if not nodes:
         return []
-    results = node_commands.run_script(
-        clients("ssm", member.region), nodes, "report-munge-key.sh", {}, timeout_seconds=120,
-        comment=f"slurm-multicluster: which munge key {member.cluster_name}'s nodes run",
-    )
-    stale = [i for i in nodes if not results[i].ok or results[i].result.get("mungeKeySha256") != sha256]
+    stale = discovery.not_on_key(discovery.node_keys(clients("ssm", member.region), clients("ec2", member.region),
+                                                     member.cluster_name, nodes), sha256)
     if stale:
         logger.info("nodes not on the federation key", extra={"cluster": member.cluster_name, "instances": stale})
     return stale
@@ -316,10 +315,11 @@ def sync_munge_key(clients: ClientFactory, the_plan: Plan, members: list[Member]
     if the_plan.munge_key.install_on_head:  # the head node's key, or only its shared copies
         common = {"SecretId": arn, "Region": accounting.region, "ExpectSha256": the_plan.munge_key.expected_sha256,
                   "BackupId": execution}
-        # When the accounting settings change next, set-accounting.sh restarts slurmctld: once is enough.
-        restart = "" if the_plan.accounting and the_plan.accounting.change else "slurmctld"
+        # slurmctld is held down until the nodes run the key too (rotation.switch_member says why: a job ending
+        # meanwhile would otherwise stay RUNNING), then started on it below
         node_commands.run_script_checked(
-            ssm, [new.head_node.instance_id], "install-munge-key.sh", {**common, "SharedDirs": True, "Restart": restart},
+            ssm, [new.head_node.instance_id], "install-munge-key.sh",
+            {**common, "SharedDirs": True, "Hold": "slurmctld"},
             timeout_seconds=config.node_command_timeout_seconds,
             comment=f"slurm-multicluster: install the federation munge key on {new.cluster_name} head node",
         )
@@ -339,6 +339,14 @@ def sync_munge_key(clients: ClientFactory, the_plan: Plan, members: list[Member]
             comment=f"slurm-multicluster: install the federation munge key on {new.cluster_name} compute nodes",
         )
         outcome["installedOn"] += [i for i, r in results.items() if not r.gone]
+    if the_plan.munge_key.install_on_head:
+        node_commands.run_script_checked(
+            ssm, [new.head_node.instance_id], "install-munge-key.sh",
+            {"SecretId": arn, "Region": accounting.region, "ExpectSha256": the_plan.munge_key.expected_sha256,
+             "BackupId": execution, "StartHeld": True},
+            timeout_seconds=config.node_command_timeout_seconds,
+            comment=f"slurm-multicluster: start {new.cluster_name} slurmctld again on the federation munge key",
+        )
     return outcome
 
 

@@ -362,22 +362,35 @@ def _switch_fleet(clients: ClientFactory, member: Member, parameters: dict[str, 
 
 
 def switch_member(clients: ClientFactory, step: MemberStep, config: Settings) -> MemberOutcome:
-    """Switch the member to the staged key: head node (munge, slurmdbd, slurmctld, and the shared dirs first),
-    then every compute and login node running by then (munge, slurmd), launched ones included."""
+    """Switch the member to the staged key: head node (the shared dirs first, then munge and slurmdbd, with
+    slurmctld stopped), then every compute and login node running by then (munge, slurmd), launched ones included,
+    then slurmctld starts again on the head node.
+
+    slurmctld is held down across the fleet's switch because a job that ends on a node still on the old key reports
+    its end to slurmctld once: a slurmctld on the new key refuses that report and the job stays RUNNING for good
+    (seen on real daemons), while a slurmctld that is down makes slurmstepd retry until it answers. The rollback
+    (restore-backup.sh) starts a held slurmctld again."""
     member, pending = step.member, step.pending_key
     if pending is None:
         raise InvalidInput("SwitchMember needs the pending key")
     ssm = clients("ssm", member.region)
     common = {"FromStaged": True, "ExpectSha256": pending.sha256, "BackupId": step.request.execution_name}
+    head = [member.head_node.instance_id]
     try:
         nodes = _node_summary(node_commands.run_script_checked(
-            ssm, [member.head_node.instance_id], "install-munge-key.sh",
-            {**common, "SharedDirs": True, "Restart": "slurmdbd,slurmctld"},
+            ssm, head, "install-munge-key.sh", {**common, "SharedDirs": True, "Restart": "slurmdbd", "Hold": "slurmctld"},
             timeout_seconds=config.node_command_timeout_seconds,
             comment=f"slurm-multicluster: switch {member.cluster_name} head node to the new munge key",
         ))
         nodes.update(_switch_fleet(clients, member, {**common, "Restart": "slurmd"}, set(_other_nodes(member)),
                                    time.time(), "switch to the new munge key:", config))
+        started = node_commands.run_script_checked(
+            ssm, head, "install-munge-key.sh", {**common, "StartHeld": True},
+            timeout_seconds=config.node_command_timeout_seconds,
+            comment=f"slurm-multicluster: start {member.cluster_name} slurmctld again on the new munge key",
+        )[member.head_node.instance_id].result
+        nodes[member.head_node.instance_id]["restarted"] = [
+            *nodes[member.head_node.instance_id].get("restarted", []), *started.get("restarted", [])]
     except NodeCommandFailed as error:
         raise NodeCommandFailed(f"{member.cluster_name}: {error}") from None
     return MemberOutcome(cluster_name=member.cluster_name, ok=True, nodes=nodes)
@@ -478,16 +491,15 @@ def _check_fleet_keys(clients: ClientFactory, members: list[Member], expect_sha2
         def run() -> dict[str, NodeResult]:
             running = sorted(discovery.fleet(clients, member))
             reachable = sorted(discovery.ssm_online(ssm, running)) if running else []
-            return node_commands.run_on_fleet(
-                ssm, ec2, reachable, "report-munge-key.sh", {}, timeout_seconds=120,
-                comment=f"slurm-multicluster: which munge key {member.cluster_name}'s nodes run")
+            return node_commands.raise_failures("report-munge-key.sh",
+                                                discovery.node_keys(ssm, ec2, member.cluster_name, reachable))
         return run
 
     for cluster, result in _in_parallel({m.cluster_name: fingerprints(m) for m in members}).items():
         if isinstance(result, Exception):
             problems.append(f"{cluster}: cannot read its nodes' munge key: {result}")
             continue
-        wrong = sorted(i for i, r in result.items() if not r.gone and r.result.get("mungeKeySha256") != expect_sha256)
+        wrong = discovery.not_on_key(result, expect_sha256)
         if wrong:
             problems.append(f"{cluster}: nodes {', '.join(wrong)} do not run munge key {expect_sha256}")
         checks.setdefault(cluster, {})["nodesOnKey"] = sum(1 for r in result.values() if not r.gone) - len(wrong)

@@ -180,6 +180,10 @@ DOCUMENTS: dict[str, NodeDocument] = {d.script: d for d in (
                 "(head node only)"),
         _value("Restart", "--restart", RESTART_UNITS, "Slurm daemons to restart after munge: slurmdbd, slurmctld, "
                "slurmd (comma-separated)"),
+        _value("Hold", "--hold", "slurmctld", "head node: stop slurmctld before munge restarts and leave it stopped "
+               "until StartHeld (a job ending meanwhile retries its completion instead of losing it)"),
+        _switch("StartHeld", "--start-held", "start what a Hold under the same BackupId stopped, once this node runs "
+                "the expected key"),
         _value("Deadline", "--deadline", SECONDS_3600, _DEADLINE),
         _value("KeepBackups", "--keep-backups", KEEP_BACKUPS, _KEEP),
     )),

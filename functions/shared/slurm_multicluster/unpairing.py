@@ -137,7 +137,7 @@ def _departing_nodes(clients: ClientFactory, departure: Departure) -> list[dict[
         return discovery.cluster_nodes(clients("ec2", departure.region), clients("cloudformation", departure.region),
                                        departure.cluster_name, departure.stack_id, states=STILL_UP)
     except ClientError as error:
-        if "does not exist" not in error.response["Error"].get("Message", ""):
+        if not discovery.stack_missing(error):
             raise
         logger.info("stack gone: no nodes of it to detach from the federation group",
                     extra={"stack": departure.stack_id})

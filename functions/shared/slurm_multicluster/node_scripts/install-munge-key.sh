@@ -7,7 +7,8 @@
 # Usage (compute/login): install-munge-key.sh --from-shared-dir --expect-sha256 HEX --backup-id ID
 #                            [--restart UNIT[,UNIT...]] [--deadline SECONDS] [--keep-backups N]
 # Usage (rotation):      install-munge-key.sh --from-staged --expect-sha256 HEX --backup-id ID [--shared-dirs]
-#                            [--restart UNIT[,UNIT...]] [--deadline SECONDS] [--keep-backups N]
+#                            [--restart UNIT[,UNIT...]] [--hold slurmctld | --start-held] [--deadline SECONDS]
+#                            [--keep-backups N]
 #   --secret-id ID         the federation secret (name or ARN): SecretString = base64 of the key
 #   --region REGION        the secret's region
 #   --version-stage STAGE  which version to install (default AWSCURRENT)
@@ -22,6 +23,14 @@
 #                          compute and login nodes copy their key from (head node only)
 #   --restart UNITS        Slurm daemons to restart after munge: slurmdbd, slurmctld, slurmd; restarted in
 #                          that order, and only those that exist and are not deliberately stopped (inactive)
+#   --hold slurmctld       (head node) when this node's key changes, stop slurmctld before munge restarts and
+#                          leave it stopped (recorded as held:slurmctld in the backup manifest: restore-backup.sh
+#                          starts it again). While it is down, a job that ends on a compute node still on the
+#                          old key cannot report it: its slurmstepd retries until slurmctld answers, where a
+#                          slurmctld on the new key would refuse the report for good and leave the job RUNNING
+#   --start-held           once this node runs the expected key: start what a --hold under the same --backup-id
+#                          stopped and is still stopped (slurmctld: until `scontrol ping` says UP); run it after
+#                          every compute and login node switched
 #   --deadline SECONDS     how long each daemon gets to become ready after its restart (default 120)
 #   --keep-backups N       after a successful change keep the newest N backup sets of this node (1..99,
 #                          default 3), this one included; older ones are deleted unless changed in the last
@@ -33,7 +42,8 @@
 # wait until it is active and a local `munge -n | unmunge` works, then restart the listed daemons
 # (slurmctld: until `scontrol ping` says UP). On a failure after a change: restore the backup, restart
 # again, fail. Key bytes only ever live in a 0700 temp dir; output carries fingerprints only.
-# Last stdout line, one JSON object: ok, changed, sha256, previousSha256, restarted (units, munge first), sharedFiles
+# Last stdout line, one JSON object: ok, changed, sha256, previousSha256, restarted (units, munge first; with
+# --start-held the units started), with --hold held (units it stopped and left stopped), sharedFiles
 # (list of shared copies written), source ("secret", "shared-dir" or "staged"), with --from-staged unstaged
 # (the staged copies removed), prunedBackups (backup ids deleted after the change) [, rolledBack, error].
 # Exit status: 0 done, 1 failed (rolled back), 2 invalid input (nothing changed).
@@ -52,6 +62,8 @@ backup_id=""
 shared_dirs=false
 restart_list=""
 restart_given=false
+hold_list=""
+start_held=false
 deadline_seconds=120
 keep_backups=$KEEP_BACKUPS_DEFAULT
 while (($#)); do
@@ -65,6 +77,8 @@ while (($#)); do
         --backup-id) require_value "$@"; backup_id=$2; shift 2 ;;
         --shared-dirs) shared_dirs=true; shift ;;
         --restart) require_value "$@"; restart_list=$2; restart_given=true; shift 2 ;;
+        --hold) require_value "$@"; hold_list=$2; shift 2 ;;
+        --start-held) start_held=true; shift ;;
         --deadline) require_value "$@"; deadline_seconds=$2; shift 2 ;;
         --keep-backups) require_value "$@"; keep_backups=$2; shift 2 ;;
         -h | --help) show_help ;;
@@ -106,6 +120,13 @@ if [[ $restart_given == true ]]; then
     for unit in slurmdbd slurmctld slurmd; do
         case ",$restart_list," in *",$unit,"*) units_to_restart+=("$unit") ;; esac
     done
+fi
+units_to_hold=()
+if [[ -n $hold_list ]]; then
+    [[ $hold_list == slurmctld ]] || die_usage "invalid --hold: only slurmctld can be held"
+    [[ $start_held == false ]] || die_usage "--hold excludes --start-held"
+    case ",$restart_list," in *",slurmctld,"*) die_usage "--hold slurmctld excludes --restart slurmctld" ;; esac
+    units_to_hold=(slurmctld)
 fi
 check_path_settings
 
@@ -187,11 +208,33 @@ if [[ $shared_dirs == true ]]; then
         fi
     done
 fi
+restarted=()
+held=()
+# start_held_units: with --start-held, start each unit a --hold under this backup id stopped that is still
+# stopped, and wait until it is ready. Only reached once this node runs the expected key.
+start_held_units() {
+    [[ $start_held == true ]] || return 0
+    [[ -f $BACKUP_ROOT/$backup_id/manifest ]] || return 0
+    backup_open "$backup_id"
+    manifest_has held:slurmctld || return 0 # slurmctld is the only unit --hold takes
+    unit_exists slurmctld || die "slurmctld was held under backup $backup_id, but this node has no slurmctld unit any more"
+    [[ $(unit_state slurmctld) != active ]] || return 0
+    CHANGED=true
+    restarted+=(slurmctld)
+    start_unit slurmctld || die "systemctl start slurmctld failed"
+    wait_slurmctld_up $(($(now) + deadline_seconds)) || die "slurmctld did not come back: $(slurmctld_not_up_reason)"
+    echo "started slurmctld again (held during the key switch)" >&2
+}
 if [[ $local_changes == false && ${#shared_targets[@]} -eq 0 ]]; then
     unstage
+    if [[ $start_held == true ]]; then
+        lock_node
+        start_held_units
+    fi
     result_str sha256 "$expect_sha"
     result_str_or_null previousSha256 "$previous_sha"
-    result_list restarted
+    result_list restarted ${restarted[@]+"${restarted[@]}"}
+    [[ -z $hold_list ]] || result_list held
     result_list sharedFiles
     result_str source "$source_kind"
     [[ $from_staged != true ]] || result_list unstaged ${unstaged[@]+"${unstaged[@]}"}
@@ -203,7 +246,6 @@ if [[ $local_changes == true ]]; then
     unit_exists munge || die "this node has no munge unit"
 fi
 
-restarted=()
 touched=()
 munge_touched=false
 # rollback: put back the key files this run changed and restart with the old key (ON_FAILURE hook).
@@ -222,6 +264,9 @@ rollback() {
             fi
         done
     fi
+    for unit in ${held[@]+"${held[@]}"}; do # stopped by this run: running again, on the old key
+        restart_slurm_unit "$unit" $(($(now) + deadline_seconds)) || status=1
+    done
     result_bool rolledBack true
     return "$status"
 }
@@ -245,6 +290,15 @@ if [[ $local_changes == true ]]; then
     backup_file "$MUNGE_KEY_FILE"
     touched+=("$MUNGE_KEY_FILE")
     munge_touched=true
+    for unit in ${units_to_hold[@]+"${units_to_hold[@]}"}; do
+        if ! unit_exists "$unit" || ! unit_active "$unit"; then
+            continue
+        fi
+        manifest_add "held:$unit" # first: if this run is killed while it is down, restore-backup.sh starts it
+        held+=("$unit")
+        stop_unit "$unit" || die "systemctl stop $unit failed"
+        echo "stopped $unit until every node runs the new key (--hold)" >&2
+    done
     write_file_atomically "$key" "$MUNGE_KEY_FILE" 0400 munge
     echo "wrote the key to $MUNGE_KEY_FILE; restarting munge" >&2
     restarted+=(munge)
@@ -263,10 +317,12 @@ fi
 
 ON_FAILURE=""
 unstage
+start_held_units
 prune_backups "$keep_backups"
 result_str sha256 "$expect_sha"
 result_str_or_null previousSha256 "$previous_sha"
 result_list restarted ${restarted[@]+"${restarted[@]}"}
+[[ -z $hold_list ]] || result_list held ${held[@]+"${held[@]}"}
 result_list sharedFiles ${shared_targets[@]+"${shared_targets[@]}"}
 result_str source "$source_kind"
 [[ $from_staged != true ]] || result_list unstaged ${unstaged[@]+"${unstaged[@]}"}

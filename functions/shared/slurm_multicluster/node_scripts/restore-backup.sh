@@ -10,7 +10,8 @@
 #
 # Restores every entry of $BACKUP_ROOT/ID/manifest: files get back their exact bytes, mode and owner;
 # "absent:<path>" entries (files that did not exist before) are deleted; a slurmdbd that set-accounting.sh
-# stopped and disabled is enabled and started again (one it started and enabled is stopped and disabled). Then, if the munge key changed back, restarts munge
+# stopped and disabled is enabled and started again (one it started and enabled is stopped and disabled); a
+# slurmctld that install-munge-key.sh --hold stopped is started again. Then, if the munge key changed back, restarts munge
 # (and an active slurmdbd); if the key or a Slurm config file changed back, restarts slurmctld and slurmd
 # where they exist and are not deliberately stopped (slurmctld: until `scontrol ping` says UP).
 # Idempotent: what already matches the backup is left alone; a second run changes nothing. The backup
@@ -159,13 +160,16 @@ elif manifest_has stopped:slurmdbd; then
     fail_restore "set-accounting.sh stopped slurmdbd under backup $backup_id, but this node has no slurmdbd unit any more"
 fi
 
-if [[ $key_changed == true || $config_changed == true ]] || manifest_has stopped:slurmctld; then
+# held: install-munge-key.sh --hold stopped slurmctld under this backup for the key switch
+if [[ $key_changed == true || $config_changed == true ]] || manifest_has stopped:slurmctld ||
+    manifest_has held:slurmctld; then
     slurm_units=0
     for unit in slurmctld slurmd; do
         unit_exists "$unit" || continue
         slurm_units=$((slurm_units + 1))
-        # inactive: stopped on purpose, left so, unless set-accounting.sh stopped it under this backup
-        if [[ $(unit_state "$unit") != inactive ]] || manifest_has "stopped:$unit"; then
+        # inactive: stopped on purpose, left so, unless set-accounting.sh stopped (or install-munge-key.sh held)
+        # it under this backup
+        if [[ $(unit_state "$unit") != inactive ]] || manifest_has "stopped:$unit" || manifest_has "held:$unit"; then
             restart "$unit" || true
         fi
     done
