@@ -357,6 +357,36 @@ def test_restore_backup_starts_a_held_slurmctld_again_on_the_old_key(node, feder
     assert "slurmctld" in result.json["restarted"] and node.unit_state("slurmctld") == "active"
 
 
+def test_restore_backup_with_hold_leaves_slurmctld_stopped_until_a_run_without_it(node, federation_secret, pending_key):
+    """The rollback's order: the head node goes back to the old key with slurmctld held down while its nodes go
+    back, then a plain run starts it (a job ending meanwhile retries its end report)."""
+    old_sha = file_sha(node.key_file)
+    assert stage_on_head(node, federation_secret, sha256(pending_key), "--shared-dirs").returncode == 0
+    assert switch(node, sha256(pending_key), "--shared-dirs", "--restart", "slurmdbd,slurmctld").returncode == 0
+    node.clear_calls()
+
+    held = node.run("restore-backup.sh", "--backup-id", "rot-1", "--restart-failed", "--hold", "slurmctld")
+
+    assert held.returncode == 0, held.stderr
+    assert file_sha(node.key_file) == old_sha
+    assert node.systemctl_actions()[:2] == [("stop", "slurmctld"), ("restart", "munge")]
+    assert "slurmctld" not in held.json["restarted"] and node.unit_state("slurmctld") == "inactive"
+    node.clear_calls()
+
+    started = node.run("restore-backup.sh", "--backup-id", "rot-1", "--restart-failed")
+
+    assert started.returncode == 0, started.stderr
+    assert started.json["restarted"] == ["slurmctld"] and node.unit_state("slurmctld") == "active"
+    assert node.systemctl_actions() == [("restart", "slurmctld")]
+
+
+def test_restore_backup_with_hold_changes_nothing_when_the_key_did_not_change(node):
+    result = node.run("restore-backup.sh", "--backup-id", "never-ran", "--hold", "slurmctld")
+    assert result.returncode == 0 and result.json["changed"] is False
+    assert node.unit_state("slurmctld") == "active" and node.systemctl_actions() == []
+    assert node.run("restore-backup.sh", "--backup-id", "rot-1", "--hold", "slurmd").returncode == 2
+
+
 def test_a_switch_that_fails_after_holding_slurmctld_starts_it_again(node, federation_secret, pending_key):
     assert stage_on_head(node, federation_secret, sha256(pending_key), "--shared-dirs").returncode == 0
     node.set_unit("slurmdbd", fail_restarts=1)  # the switch fails after munge restarted, slurmctld held

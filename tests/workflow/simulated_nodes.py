@@ -252,11 +252,15 @@ class SimulatedFederation:
             changed = bool(restarted) or backup in node.staged or node.shared_pending_sha is not None
             node.staged.pop(backup, None)
             node.shared_pending_sha = None
-        if backup in node.held:  # restore-backup.sh starts a slurmctld the switch held
+        if flags.get("--hold") == "slurmctld" and node.role == "head":  # stopped until a run without --hold
+            if "munge" in restarted:  # only when the key went back (as the script: before munge restarts)
+                node.held.add(backup)
+            restarted = [u for u in restarted if u != "slurmctld"]
+        elif backup in node.held:  # restore-backup.sh starts a slurmctld a hold stopped
             node.held.discard(backup)
             if "slurmctld" not in restarted:
                 restarted.append("slurmctld")
-        if flags.get("--restart-failed") and not node.slurmctld_up:
+        if flags.get("--restart-failed") and not node.slurmctld_up and not flags.get("--hold"):
             node.slurmctld_up = True
             restarted.append("slurmctld")
         if node.role == "head" and "slurmctld" in restarted:

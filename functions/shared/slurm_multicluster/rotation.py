@@ -626,7 +626,10 @@ def roll_back_member(clients: ClientFactory, step: MemberStep, config: Settings)
         nodes.update(_node_summary(results))
         failures.extend(f"{i}: {r.result.get('error') or r.status}" for i, r in results.items() if not r.ok and not r.gone)
 
-    attempt([member.head_node.instance_id], "restore-backup.sh", parameters, "head node", fleet=False)
+    head = [member.head_node.instance_id]
+    # slurmctld stays down until the nodes are back on the previous key too (switch_member says why)
+    attempt(head, "restore-backup.sh", {**parameters, "Hold": "slurmctld"}, "head node", fleet=False)
+    head_restore = nodes.get(member.head_node.instance_id, {})
     running = sorted(discovery.fleet(clients, member))
     online = discovery.ssm_online(ssm, running) if running else set()
     if running:
@@ -637,6 +640,12 @@ def roll_back_member(clients: ClientFactory, step: MemberStep, config: Settings)
         attempt(launched, "install-munge-key.sh", {
             "FromSharedDir": True, "ExpectSha256": step.plan.current_sha256,
             "BackupId": step.request.execution_name, "Restart": "slurmd"}, "nodes launched during it")
+    # whatever happened to the nodes: slurmctld runs again (restore-backup.sh starts what the hold stopped)
+    attempt(head, "restore-backup.sh", parameters, "head node's slurmctld", fleet=False)
+    if head_restore:
+        started = nodes[member.head_node.instance_id].get("restarted", [])
+        nodes[member.head_node.instance_id] = {**head_restore, "restarted": [
+            *head_restore.get("restarted", []), *(u for u in started if u not in head_restore.get("restarted", []))]}
     if failures:
         raise RollbackFailed(f"{member.cluster_name}: {'; '.join(failures)}")
     return MemberOutcome(cluster_name=member.cluster_name, ok=True, nodes=nodes)

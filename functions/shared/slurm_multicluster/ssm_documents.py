@@ -241,6 +241,8 @@ DOCUMENTS: dict[str, NodeDocument] = {d.script: d for d in (
         _value("Deadline", "--deadline", SECONDS_3600, _DEADLINE),
         _switch("RestartFailed", "--restart-failed", "afterwards also restart munge and Slurm daemons in state "
                 "failed, backup or not"),
+        _value("Hold", "--hold", "slurmctld", "head node: leave slurmctld stopped while the nodes are switched back; "
+               "a later run without it starts slurmctld"),
     )),
 )}
 

@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # restore-backup.sh: undo everything the node scripts changed under one backup id (the saga's compensation).
 #
-# Usage: restore-backup.sh --backup-id ID [--deadline SECONDS] [--restart-failed]
+# Usage: restore-backup.sh --backup-id ID [--deadline SECONDS] [--restart-failed] [--hold slurmctld]
 #   --backup-id ID       the backup to restore (the workflow's execution name)
+#   --hold slurmctld     (head node) do not start slurmctld: stop it before munge restarts on the restored key
+#                        and leave it stopped (manifest held:slurmctld), while the compute and login nodes are
+#                        switched back; a later run without --hold starts it (see install-munge-key.sh --hold)
 #   --deadline SECONDS   how long each daemon gets to become ready after its restart (default 120)
 #   --restart-failed     afterwards also restart munge, slurmdbd, slurmctld and slurmd where they exist and
 #                        are in state "failed" (a daemon that died during the change being undone), even
@@ -26,10 +29,17 @@ set -euo pipefail
 backup_id=""
 deadline_seconds=120
 restart_failed=false
+hold=false
 while (($#)); do
     case $1 in
         --backup-id) require_value "$@"; backup_id=$2; shift 2 ;;
         --restart-failed) restart_failed=true; shift ;;
+        --hold)
+            require_value "$@"
+            [[ $2 == slurmctld ]] || die_usage "invalid --hold: only slurmctld can be held"
+            hold=true
+            shift 2
+            ;;
         --deadline) require_value "$@"; deadline_seconds=$2; shift 2 ;;
         -h | --help) show_help ;;
         *) die_usage "unknown argument '$(sanitize "$1")'" ;;
@@ -85,6 +95,7 @@ restart_failed_units() {
     require_systemd
     for unit in munge slurmdbd slurmctld slurmd; do
         case " ${restarted[*]-} ${failed_units[*]-} " in *" $unit "*) continue ;; esac
+        [[ $unit != slurmctld || $hold == false ]] || continue # --hold: a later run starts it
         if unit_exists "$unit" && [[ $(unit_state "$unit") == failed ]]; then
             echo "$unit is in state failed: restarting it" >&2
             restart "$unit" || true
@@ -130,6 +141,12 @@ if [[ $key_changed == true ]]; then
         failed_units+=(munge)
         fail_restore "restored $MUNGE_KEY_FILE but this node has no munge unit to restart with it"
     }
+    if [[ $hold == true ]] && unit_exists slurmctld && unit_active slurmctld; then
+        manifest_add held:slurmctld # first: a later run starts it even if this one is killed now
+        CHANGED=true
+        stop_unit slurmctld || fail_restore "systemctl stop slurmctld failed"
+        echo "stopped slurmctld until the nodes run the restored key too (--hold)" >&2
+    fi
     restart munge || fail_restore "munge did not come back after restoring the key"
 fi
 
@@ -167,6 +184,7 @@ if [[ $key_changed == true || $config_changed == true ]] || manifest_has stopped
     for unit in slurmctld slurmd; do
         unit_exists "$unit" || continue
         slurm_units=$((slurm_units + 1))
+        [[ $unit != slurmctld || $hold == false ]] || continue # --hold: a later run starts it
         # inactive: stopped on purpose, left so, unless set-accounting.sh stopped (or install-munge-key.sh held)
         # it under this backup
         if [[ $(unit_state "$unit") != inactive ]] || manifest_has "stopped:$unit" || manifest_has "held:$unit"; then
