@@ -72,7 +72,7 @@ def test_every_document_passes_exactly_the_arguments_its_parameters_stand_for(sc
 SAMPLE = {
     "SecretId": "arn:aws:secretsmanager:us-east-1:123456789012:secret:slurm-multicluster/default/hpc/munge-key-AbC",
     "Region": "us-east-1", "VersionStage": "AWSPENDING", "ExpectSha256": "0" * 64, "BackupId": "exec-9",
-    "Restart": "slurmdbd,slurmctld", "Deadline": "120", "VersionId": "a" * 36, "KeyBytes": "1024",
+    "Restart": "slurmdbd,slurmctld", "Hold": "slurmctld", "Deadline": "120", "VersionId": "a" * 36, "KeyBytes": "1024",
     "Host": "10.0.1.20", "Port": "6819", "Cluster": "beta", "Peers": "alpha,beta", "Interval": "1",
     "Mode": "decode", "Credential": "MUNGE:AwQFAAB=:", "KeepBackups": "3",
 }
