@@ -384,8 +384,7 @@ def unwanted_federation_rules(ec2_for: Ec2For, network: NetworkPlan, rules: list
                   for r in rules if r.target_kind == "federation-group" and r.vpc_id == vpc.vpc_id]
         kept = []
         for current in rules_on_group(ec2, vpc.group_id):
-            tags = {t["Key"]: t["Value"] for t in current.get("Tags", [])}
-            ours = tags.get(OWNER_TAG) == network.federation and tags.get(DEPLOYMENT_TAG) == deployment
+            ours = _owned(current.get("Tags", []), network.federation, deployment)
             if ours and not current.get("IsEgress") and not any(_same_rule(current, r) for r in wanted):
                 unwanted.append(AddedRule(region=vpc.region, group_id=vpc.group_id,
                                           rule_id=current["SecurityGroupRuleId"]))
@@ -729,14 +728,14 @@ def federations_of(ec2_for: Ec2For, regions: list[str], stack_id: str, deploymen
     return sorted(names)
 
 
-def federation_group_ids(ec2: Any, federation: str, deployment: str) -> set[str]:
+def federation_groups(ec2: Any, federation: str, deployment: str) -> list[dict[str, Any]]:
     """This deployment's federation groups of ``federation`` in the client's region (one per VPC)."""
     paginator = ec2.get_paginator("describe_security_groups")
-    return {group["GroupId"]
+    return [group
             for page in paginator.paginate(Filters=[{"Name": "group-name", "Values": [resource_name(deployment, federation)]},
                                                     {"Name": f"tag:{DEPLOYMENT_TAG}", "Values": [deployment]},
                                                     {"Name": f"tag:{OWNER_TAG}", "Values": [federation]}])
-            for group in page["SecurityGroups"]}
+            for group in page["SecurityGroups"]]
 
 
 def rules_touching(ec2_for: Ec2For, regions: list[str], federation: str, stack_id: str,
@@ -746,7 +745,8 @@ def rules_touching(ec2_for: Ec2For, regions: list[str], federation: str, stack_i
     StackId: its rules are not touched. The federation's own groups are among a head node's groups as AWS reports
     them (attached, or HeadNode AdditionalSecurityGroups) but are no cluster's: the rules on and from them stay for
     the remaining members (shrink_network removes them with the last member of a VPC)."""
-    groups = set(group_ids) - {g for region in regions for g in federation_group_ids(ec2_for(region), federation, deployment)}
+    groups = set(group_ids) - {g["GroupId"] for region in regions
+                               for g in federation_groups(ec2_for(region), federation, deployment)}
     return _rules_on_or_from(ec2_for, regions, federation, stack_id, groups, deployment)
 
 
@@ -796,17 +796,13 @@ def shrink_network(ec2_for: Ec2For, regions: list[str], federation: str, remaini
                              if r.get("PrefixListId") == pl_id])
             ec2.delete_managed_prefix_list(PrefixListId=pl_id)
             outcome["deleted"].append(pl_id)
-        paginator = ec2.get_paginator("describe_security_groups")
-        for page in paginator.paginate(Filters=[{"Name": "group-name", "Values": [resource_name(deployment, federation)]},
-                                                {"Name": f"tag:{DEPLOYMENT_TAG}", "Values": [deployment]},
-                                                {"Name": f"tag:{OWNER_TAG}", "Values": [federation]}]):
-            for group in page["SecurityGroups"]:
-                if group["VpcId"] in member_vpcs:
-                    continue
-                revoke(ec2_for, _rules_on_or_from(ec2_for, [region], federation, "", {group["GroupId"]}, deployment))
-                if _carriers(ec2, group["GroupId"]):
-                    outcome["leftForTheSweep"].append(group["GroupId"])
-                    continue
-                ec2.delete_security_group(GroupId=group["GroupId"])
-                outcome["deleted"].append(group["GroupId"])
+        for group in federation_groups(ec2, federation, deployment):
+            if group["VpcId"] in member_vpcs:
+                continue
+            revoke(ec2_for, _rules_on_or_from(ec2_for, [region], federation, "", {group["GroupId"]}, deployment))
+            if _carriers(ec2, group["GroupId"]):
+                outcome["leftForTheSweep"].append(group["GroupId"])
+                continue
+            ec2.delete_security_group(GroupId=group["GroupId"])
+            outcome["deleted"].append(group["GroupId"])
     return outcome

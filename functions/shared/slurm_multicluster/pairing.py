@@ -312,9 +312,9 @@ def sync_munge_key(clients: ClientFactory, the_plan: Plan, members: list[Member]
             raise PrerequisiteFailed("the uploaded federation key does not match the accounting cluster's live key")
         outcome["uploaded"] = True
     ssm = clients("ssm", new.region)
+    common = {"SecretId": arn, "Region": accounting.region, "ExpectSha256": the_plan.munge_key.expected_sha256,
+              "BackupId": execution}
     if the_plan.munge_key.install_on_head:  # the head node's key, or only its shared copies
-        common = {"SecretId": arn, "Region": accounting.region, "ExpectSha256": the_plan.munge_key.expected_sha256,
-                  "BackupId": execution}
         # slurmctld is held down until the nodes run the key too (rotation.switch_member says why: a job ending
         # meanwhile would otherwise stay RUNNING), then started on it below
         node_commands.run_script_checked(
@@ -341,9 +341,7 @@ def sync_munge_key(clients: ClientFactory, the_plan: Plan, members: list[Member]
         outcome["installedOn"] += [i for i, r in results.items() if not r.gone]
     if the_plan.munge_key.install_on_head:
         node_commands.run_script_checked(
-            ssm, [new.head_node.instance_id], "install-munge-key.sh",
-            {"SecretId": arn, "Region": accounting.region, "ExpectSha256": the_plan.munge_key.expected_sha256,
-             "BackupId": execution, "StartHeld": True},
+            ssm, [new.head_node.instance_id], "install-munge-key.sh", {**common, "StartHeld": True},
             timeout_seconds=config.node_command_timeout_seconds,
             comment=f"slurm-multicluster: start {new.cluster_name} slurmctld again on the federation munge key",
         )

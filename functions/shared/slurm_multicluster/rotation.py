@@ -295,6 +295,13 @@ def _other_nodes(member: Member) -> list[str]:
     return member.compute_instance_ids + member.login_instance_ids
 
 
+def _and_then(first: dict[str, Any], later: dict[str, Any]) -> dict[str, Any]:
+    """A node's summary after two runs of a step on it (a held slurmctld started by the second): the first's,
+    with the units the later run restarted added to its ``restarted``."""
+    restarted = first.get("restarted", [])
+    return {**first, "restarted": [*restarted, *(u for u in later.get("restarted", []) if u not in restarted)]}
+
+
 def _node_summary(results: dict[str, NodeResult]) -> dict[str, Any]:
     keep = ("changed", "sha256", "restarted", "stagedFiles", "restored", "found", "gone")
     return {i: {k: r.result[k] for k in keep if k in r.result} for i, r in results.items()}
@@ -384,13 +391,12 @@ def switch_member(clients: ClientFactory, step: MemberStep, config: Settings) ->
         ))
         nodes.update(_switch_fleet(clients, member, {**common, "Restart": "slurmd"}, set(_other_nodes(member)),
                                    time.time(), "switch to the new munge key:", config))
-        started = node_commands.run_script_checked(
+        started = _node_summary(node_commands.run_script_checked(
             ssm, head, "install-munge-key.sh", {**common, "StartHeld": True},
             timeout_seconds=config.node_command_timeout_seconds,
             comment=f"slurm-multicluster: start {member.cluster_name} slurmctld again on the new munge key",
-        )[member.head_node.instance_id].result
-        nodes[member.head_node.instance_id]["restarted"] = [
-            *nodes[member.head_node.instance_id].get("restarted", []), *started.get("restarted", [])]
+        ))
+        nodes[head[0]] = _and_then(nodes[head[0]], started[head[0]])
     except NodeCommandFailed as error:
         raise NodeCommandFailed(f"{member.cluster_name}: {error}") from None
     return MemberOutcome(cluster_name=member.cluster_name, ok=True, nodes=nodes)
@@ -629,7 +635,7 @@ def roll_back_member(clients: ClientFactory, step: MemberStep, config: Settings)
     head = [member.head_node.instance_id]
     # slurmctld stays down until the nodes are back on the previous key too (switch_member says why)
     attempt(head, "restore-backup.sh", {**parameters, "Hold": "slurmctld"}, "head node", fleet=False)
-    head_restore = nodes.get(member.head_node.instance_id, {})
+    head_restore = nodes.get(head[0], {})
     running = sorted(discovery.fleet(clients, member))
     online = discovery.ssm_online(ssm, running) if running else set()
     if running:
@@ -643,9 +649,7 @@ def roll_back_member(clients: ClientFactory, step: MemberStep, config: Settings)
     # whatever happened to the nodes: slurmctld runs again (restore-backup.sh starts what the hold stopped)
     attempt(head, "restore-backup.sh", parameters, "head node's slurmctld", fleet=False)
     if head_restore:
-        started = nodes[member.head_node.instance_id].get("restarted", [])
-        nodes[member.head_node.instance_id] = {**head_restore, "restarted": [
-            *head_restore.get("restarted", []), *(u for u in started if u not in head_restore.get("restarted", []))]}
+        nodes[head[0]] = _and_then(head_restore, nodes.get(head[0], {}))
     if failures:
         raise RollbackFailed(f"{member.cluster_name}: {'; '.join(failures)}")
     return MemberOutcome(cluster_name=member.cluster_name, ok=True, nodes=nodes)
