@@ -11,4 +11,4 @@ from slurm_multicluster.state import PairingState
 
 @leased_step(PairingState)
 def lambda_handler(state: PairingState, context: LambdaContext) -> dict:
-    return pairing.restore_backups(client, state.request, state.members, settings())
+    return pairing.restore_backups(client, state.request, state.members, state.plan, settings())

@@ -148,16 +148,17 @@ def opt_in(cloud: LabCloud, cluster: str) -> None:
 ENDING = "while [ ! -e /tmp/release-{tag} ]; do sleep 0.2; done; hostname; touch /tmp/ended-{tag}"
 
 
-def end_job_before_node_switches(lab: Lab, cluster: str, job_id: int, seen: list[str]
+def end_job_before_node_switches(lab: Lab, cluster: str, job_id: int, seen: list[str], document: str = "InstallMungeKey"
                                  ) -> Callable[[str, cloud.RunCommand], None]:
     """A LabCloud.before_command hook: right before ``cluster``'s compute node installs a munge key (its head node
-    already runs it), let the cluster's ENDING job end, and wait until its slurmstepd has reported the end (gone)
-    or cannot reach slurmctld (down), so the job ends exactly while head and node disagree. Never raises: the
-    job's outcome is what tests assert. What it saw is appended to ``seen`` (once)."""
+    already runs it; ``document="RestoreBackup"``: restores its backup, its head node already restored), let the
+    cluster's ENDING job end, and wait until its slurmstepd has reported the end (gone) or cannot reach slurmctld
+    (down), so the job ends exactly while head and node disagree. Never raises: the job's outcome is what tests
+    assert. What it saw is appended to ``seen`` (once)."""
     compute = f"{cluster}-compute-1"
 
     def hook(node: str, command: cloud.RunCommand) -> None:
-        if seen or node != compute or not command.document_name.endswith("-InstallMungeKey"):
+        if seen or node != compute or not command.document_name.endswith(f"-{document}"):
             return
         lab.exec(node, ["touch", f"/tmp/release-{cluster}"], check=True)
         deadline = time.monotonic() + 30

@@ -9,10 +9,10 @@ import pytest
 
 from lab import ClusterSpec
 from lab.bridge import lab_cloud
-from lab_helpers import sha256, submit, wait_job_completed
+from lab_helpers import sha256, submit, wait_job_completed, wait_until
 from pairing_helpers import (
-    ACCOUNTING_CONF, ALPHA_TAGS, BETA_TAGS, KEY, SHARED_KEY, daemon, eni_groups, events_queue, fresh_lab, our_rules,
-    prefix_list_entries, published, run_logged, subnet_cidr, wait_job_completed_on,
+    ACCOUNTING_CONF, ALPHA_TAGS, BETA_TAGS, ENDING, KEY, SHARED_KEY, daemon, end_job_before_node_switches, eni_groups,
+    events_queue, fresh_lab, our_rules, prefix_list_entries, published, run_logged, subnet_cidr, wait_job_completed_on,
 )
 
 pytestmark = pytest.mark.lab
@@ -119,13 +119,18 @@ exec /usr/sbin/slurmctld -D -s
 """
 
 
-def test_slurmctld_that_fails_to_start_is_rolled_back_and_the_member_runs_jobs_as_before(two_clusters):
-    lab = two_clusters
+def fail_slurmctld_on_accounting(lab) -> None:
+    """beta's slurmctld (its systemd stand-in's unit) becomes FAULTY_SLURMCTLD: PointAccountingAtFederation fails."""
     lab.exec("beta-head", ["sh", "-c", "cat > /run/lab/faulty-slurmctld && chmod 755 /run/lab/faulty-slurmctld"],
              input=FAULTY_SLURMCTLD, check=True)
     units = json.loads(lab.exec("beta-head", ["cat", "/run/lab/units.json"], check=True).stdout)
     units["units"]["slurmctld"]["exec"] = ["/run/lab/faulty-slurmctld"]
     lab.exec("beta-head", ["sh", "-c", "cat > /run/lab/units.json"], input=json.dumps(units), check=True)
+
+
+def test_slurmctld_that_fails_to_start_is_rolled_back_and_the_member_runs_jobs_as_before(two_clusters):
+    lab = two_clusters
+    fail_slurmctld_on_accounting(lab)
     keys = {n: sha256(lab, n, KEY) for n in ("beta-head", "beta-compute-1")}
     conf = lab.exec("beta-head", ["cat", ACCOUNTING_CONF]).stdout
     with lab_cloud(lab, {"alpha": ALPHA_TAGS, "beta": BETA_TAGS}) as cloud:
@@ -142,6 +147,27 @@ def test_slurmctld_that_fails_to_start_is_rolled_back_and_the_member_runs_jobs_a
     assert lab.exec("beta-head", ["systemctl", "is-active", "slurmctld"]).stdout.strip() == "active"
     lab.wait_idle(["beta-compute-1"], timeout=60)
     wait_job_completed(lab, "beta-head", submit(lab, "beta-head", "--wrap", "hostname"), timeout=60)
+
+
+def test_a_job_ending_while_a_failed_pairing_switches_back_completes_and_is_not_left_running(two_clusters):
+    """The rollback puts beta's head node back on its own key first, its compute node after: a job ending in
+    between reports its end while they disagree. slurmctld is held down then (restore-backup.sh --hold), so
+    slurmstepd retries until slurmctld is back on the node's key; a slurmctld already on the other key would refuse
+    the report and keep the job RUNNING with its node allocated."""
+    lab = two_clusters
+    fail_slurmctld_on_accounting(lab)
+    job = submit(lab, "beta-head", "--wrap", ENDING.format(tag="beta"))
+    wait_until(lambda: "RUNNING" in lab.exec("beta-head", ["squeue", "-h", "-o", "%T"]).stdout, 30,
+               "beta's job running before the pairing")
+    ended: list[str] = []
+    with lab_cloud(lab, {"alpha": ALPHA_TAGS, "beta": BETA_TAGS}) as cloud:
+        cloud.before_command = end_job_before_node_switches(lab, "beta", job, ended, document="RestoreBackup")
+        result, _ = run_logged(cloud, cloud.event_for("beta"))
+        assert result["status"] == "FAILED" and result["error"] == "PointAccountingAtFederationFailed"
+    assert ended in (["reported"], ["slurmctld down"]), "the job did not end between beta's head and compute node switching back"
+    fields = wait_job_completed(lab, "beta-head", job, timeout=60)
+    assert fields["ExitCode"] == "0:0"
+    lab.wait_idle(["beta-compute-1"], timeout=60)
 
 
 def test_member_with_its_own_slurmdbd_switches_to_the_federation_and_stops_its_own(lab_host):

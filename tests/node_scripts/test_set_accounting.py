@@ -84,6 +84,29 @@ def test_restore_backup_returns_the_exact_original_bytes_and_mode(node):
     assert node.systemctl_actions() == []
 
 
+def test_restore_with_hold_of_a_config_change_stops_slurmctld_and_a_later_run_starts_it_on_the_old_config(node):
+    """The pairing's rollback holds slurmctld while the member's nodes switch back: a restored accounting config
+    alone (no key change) must not leave slurmctld running on the pairing's settings, nor stopped for good."""
+    pc_conf = node.etc / "slurm_parallelcluster.conf"
+    original = pc_conf.read_bytes()
+    assert set_accounting(node).returncode == 0
+    node.clear_calls()
+
+    held = node.run("restore-backup.sh", "--backup-id", "exec-1", "--hold", "slurmctld")
+
+    assert held.returncode == 0, held.stderr
+    assert pc_conf.read_bytes() == original
+    assert node.systemctl_actions() == [("stop", "slurmctld")] and node.unit_state("slurmctld") == "inactive"
+    assert held.json["restarted"] == []
+    node.clear_calls()
+
+    started = node.run("restore-backup.sh", "--backup-id", "exec-1")
+
+    assert started.returncode == 0, started.stderr
+    assert started.json["restarted"] == ["slurmctld"] and node.unit_state("slurmctld") == "active"
+    assert "AccountingStorageHost   = ip-10-0-0-10" in node.standin("scontrol", "show", "config").stdout
+
+
 def test_adds_the_lines_when_the_cluster_has_no_accounting(make_node):
     node = make_node(pc_conf=PC_CONF_WITHOUT_ACCOUNTING)
     pc_conf = node.etc / "slurm_parallelcluster.conf"

@@ -67,6 +67,19 @@ class NodeResult:
         return self.status == INSTANCE_GONE
 
 
+def summary(results: dict[str, NodeResult]) -> dict[str, Any]:
+    """Each node's result cut to what a workflow's state keeps (no stderr, no credentials)."""
+    keep = ("changed", "sha256", "restarted", "stagedFiles", "restored", "found", "gone")
+    return {i: {k: r.result[k] for k in keep if k in r.result} for i, r in results.items()}
+
+
+def and_then(first: dict[str, Any], later: dict[str, Any]) -> dict[str, Any]:
+    """A node's summary after two runs of a step on it (a held slurmctld started by the second): the first's,
+    with the units the later run restarted added to its ``restarted``."""
+    restarted = first.get("restarted", [])
+    return {**first, "restarted": [*restarted, *(u for u in later.get("restarted", []) if u not in restarted)]}
+
+
 def parse_result(stdout: str) -> dict[str, Any]:
     """The JSON object on the last non-empty stdout line, or an explanatory stand-in when there is none."""
     lines = [line for line in stdout.splitlines() if line.strip()]

@@ -6,7 +6,7 @@ from typing import Any, Callable
 
 from aws_lambda_powertools import Logger
 
-from slurm_multicluster import discovery, ingress, munge_secret, node_commands, registry, slurm_versions
+from slurm_multicluster import discovery, ingress, munge_secret, node_commands, node_rollback, registry, slurm_versions
 from slurm_multicluster import validation as v
 from slurm_multicluster.errors import PrerequisiteFailed, VerificationFailed
 from slurm_multicluster.models import IngressRule, Member, PairingRequest, SlurmSettings, StateModel
@@ -456,25 +456,19 @@ def _munge_round_trips(clients: ClientFactory, heads: list[Member]) -> dict[str,
     return outcome
 
 
-def restore_backups(clients: ClientFactory, request: PairingRequest, members: list[Member], config: Settings) -> dict[str, Any]:
-    """Compensation: restore every file this execution backed up on the new member's nodes, restart daemons."""
+def restore_backups(clients: ClientFactory, request: PairingRequest, members: list[Member], the_plan: Plan | None,
+                    config: Settings) -> dict[str, Any]:
+    """Compensation: restore every file this execution backed up on the new member's nodes, restart daemons,
+    slurmctld held down while the nodes switch back (node_rollback.restore_member says why)."""
     new = _requested(request, members)
-    ssm = clients("ssm", new.region)
-    restored: dict[str, Any] = {}
-    # Head node first: compute nodes copy the key from its shared dir.
-    for instance_ids in ([new.head_node.instance_id], new.compute_instance_ids + new.login_instance_ids):
-        results = node_commands.run_script(
-            ssm, instance_ids, "restore-backup.sh", {"BackupId": request.execution_name},
-            timeout_seconds=config.node_command_timeout_seconds,
-            comment=f"slurm-multicluster: roll back {new.cluster_name} ({request.execution_name})",
-            gone_check=None if instance_ids == [new.head_node.instance_id]
-            else node_commands.fleet_check(clients("ec2", new.region)),
-        )
-        restored.update({i: r.result for i, r in results.items() if not r.gone})
-    failed = {i: r for i, r in restored.items() if not r.get("ok")}
-    if failed:
-        raise node_commands.NodeCommandFailed(f"restore-backup.sh failed on {', '.join(failed)}")
-    return restored
+    # a node launched during the pairing booted from the shared dir SyncMungeKey wrote: it takes the head node's
+    # previous key from there again (when the pairing changed the head node's key)
+    previous = new.slurm.munge_key_sha256 if new.slurm and the_plan and the_plan.munge_key.install_on_head else None
+    nodes, failures = node_rollback.restore_member(clients, new, request.execution_name, config,
+                                                   previous_sha256=previous, restart_failed=False)
+    if failures:
+        raise node_commands.NodeCommandFailed(f"restore-backup.sh failed on {new.cluster_name}: {'; '.join(failures)}")
+    return nodes
 
 
 def key_holders(members: list[Member], accounting: Member) -> list[Member]:

@@ -24,7 +24,7 @@ from aws_lambda_powertools import Logger
 from botocore.exceptions import ClientError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from slurm_multicluster import discovery, munge_secret, node_commands, registry
+from slurm_multicluster import discovery, munge_secret, node_commands, node_rollback, registry
 from slurm_multicluster import validation as v
 from slurm_multicluster.errors import InvalidInput, NodeCommandFailed, PairingError, PrerequisiteFailed, VerificationFailed
 from slurm_multicluster.models import ExecutionName, FederationName, Member, Region, StateModel
@@ -295,18 +295,6 @@ def _other_nodes(member: Member) -> list[str]:
     return member.compute_instance_ids + member.login_instance_ids
 
 
-def _and_then(first: dict[str, Any], later: dict[str, Any]) -> dict[str, Any]:
-    """A node's summary after two runs of a step on it (a held slurmctld started by the second): the first's,
-    with the units the later run restarted added to its ``restarted``."""
-    restarted = first.get("restarted", [])
-    return {**first, "restarted": [*restarted, *(u for u in later.get("restarted", []) if u not in restarted)]}
-
-
-def _node_summary(results: dict[str, NodeResult]) -> dict[str, Any]:
-    keep = ("changed", "sha256", "restarted", "stagedFiles", "restored", "found", "gone")
-    return {i: {k: r.result[k] for k in keep if k in r.result} for i, r in results.items()}
-
-
 def stage_member(clients: ClientFactory, step: MemberStep, config: Settings) -> MemberOutcome:
     """Stage the pending key on the member's head node (and its shared dirs), then on its other nodes (a node
     shut down meanwhile is no failure; one launched meanwhile is switched from the shared dir)."""
@@ -315,7 +303,7 @@ def stage_member(clients: ClientFactory, step: MemberStep, config: Settings) -> 
         raise InvalidInput("StageMemberKey needs the pending key")
     ssm = clients("ssm", member.region)
     common = {"ExpectSha256": pending.sha256, "BackupId": step.request.execution_name}
-    nodes = _node_summary(node_commands.run_script_checked(
+    nodes = node_commands.summary(node_commands.run_script_checked(
         ssm, [member.head_node.instance_id], "stage-munge-key.sh",
         {"SecretId": step.plan.secret_arn, "Region": step.plan.secret_region, "VersionStage": "AWSPENDING",
          **common, "SharedDirs": True},
@@ -323,7 +311,7 @@ def stage_member(clients: ClientFactory, step: MemberStep, config: Settings) -> 
         comment=f"slurm-multicluster: stage the pending munge key on {member.cluster_name} head node",
     ))
     if _other_nodes(member):  # they copy what the head node staged in its NFS-shared munge dir
-        nodes.update(_node_summary(node_commands.run_on_fleet(
+        nodes.update(node_commands.summary(node_commands.run_on_fleet(
             ssm, clients("ec2", member.region), _other_nodes(member), "stage-munge-key.sh",
             {"FromSharedDir": True, **common}, timeout_seconds=config.node_command_timeout_seconds,
             comment=f"slurm-multicluster: stage the pending munge key on {member.cluster_name} compute nodes",
@@ -359,7 +347,7 @@ def _switch_fleet(clients: ClientFactory, member: Member, parameters: dict[str, 
         for instance_ids, script_parameters, which in (
                 ([i for i in todo if i in staged], parameters, "compute nodes"),
                 ([i for i in launched if i not in booting], from_shared, "nodes launched during it")):
-            nodes.update(_node_summary(node_commands.run_on_fleet(
+            nodes.update(node_commands.summary(node_commands.run_on_fleet(
                 ssm, ec2, instance_ids, "install-munge-key.sh", script_parameters,
                 timeout_seconds=config.node_command_timeout_seconds,
                 comment=f"slurm-multicluster: {what} {member.cluster_name} {which}",
@@ -384,19 +372,19 @@ def switch_member(clients: ClientFactory, step: MemberStep, config: Settings) ->
     common = {"FromStaged": True, "ExpectSha256": pending.sha256, "BackupId": step.request.execution_name}
     head = [member.head_node.instance_id]
     try:
-        nodes = _node_summary(node_commands.run_script_checked(
+        nodes = node_commands.summary(node_commands.run_script_checked(
             ssm, head, "install-munge-key.sh", {**common, "SharedDirs": True, "Restart": "slurmdbd", "Hold": "slurmctld"},
             timeout_seconds=config.node_command_timeout_seconds,
             comment=f"slurm-multicluster: switch {member.cluster_name} head node to the new munge key",
         ))
         nodes.update(_switch_fleet(clients, member, {**common, "Restart": "slurmd"}, set(_other_nodes(member)),
                                    time.time(), "switch to the new munge key:", config))
-        started = _node_summary(node_commands.run_script_checked(
+        started = node_commands.summary(node_commands.run_script_checked(
             ssm, head, "install-munge-key.sh", {**common, "StartHeld": True},
             timeout_seconds=config.node_command_timeout_seconds,
             comment=f"slurm-multicluster: start {member.cluster_name} slurmctld again on the new munge key",
         ))
-        nodes[head[0]] = _and_then(nodes[head[0]], started[head[0]])
+        nodes[head[0]] = node_commands.and_then(nodes[head[0]], started[head[0]])
     except NodeCommandFailed as error:
         raise NodeCommandFailed(f"{member.cluster_name}: {error}") from None
     return MemberOutcome(cluster_name=member.cluster_name, ok=True, nodes=nodes)
@@ -610,46 +598,10 @@ def roll_back_member(clients: ClientFactory, step: MemberStep, config: Settings)
 
     Every node is tried, head node first; a daemon that died during the rotation is restarted too. The compute
     and login nodes are those running now: one launched during the rotation (no backup of this run) takes the
-    previous key from the shared dir the head node's restore just put back."""
+    previous key from the shared dir the head node's restore just put back (node_rollback.restore_member)."""
     member = step.member
-    ssm, ec2 = clients("ssm", member.region), clients("ec2", member.region)
-    parameters = {"BackupId": step.request.execution_name, "RestartFailed": True}
-    nodes: dict[str, Any] = {}
-    failures: list[str] = []
-
-    def attempt(instance_ids: list[str], script: str, script_parameters: dict[str, Any], what: str,
-                fleet: bool = True) -> None:
-        """Run ``script`` on ``instance_ids``; a fleet node gone meanwhile is no failure (the head node is)."""
-        try:
-            results = node_commands.run_script(
-                ssm, instance_ids, script, script_parameters, timeout_seconds=config.node_command_timeout_seconds,
-                comment=f"slurm-multicluster: switch {member.cluster_name} {what} back to the previous munge key",
-                gone_check=node_commands.fleet_check(ec2) if fleet else None,
-            )
-        except PairingError as error:
-            failures.append(f"{what}: {error}")
-            return
-        nodes.update(_node_summary(results))
-        failures.extend(f"{i}: {r.result.get('error') or r.status}" for i, r in results.items() if not r.ok and not r.gone)
-
-    head = [member.head_node.instance_id]
-    # slurmctld stays down until the nodes are back on the previous key too (switch_member says why)
-    attempt(head, "restore-backup.sh", {**parameters, "Hold": "slurmctld"}, "head node", fleet=False)
-    head_restore = nodes.get(head[0], {})
-    running = sorted(discovery.fleet(clients, member))
-    online = discovery.ssm_online(ssm, running) if running else set()
-    if running:
-        attempt([i for i in running if i in online or i in _other_nodes(member)], "restore-backup.sh", parameters,
-                "compute nodes")
-    launched = [i for i, n in nodes.items() if i in running and n.get("found") is False]
-    if launched and not failures:
-        attempt(launched, "install-munge-key.sh", {
-            "FromSharedDir": True, "ExpectSha256": step.plan.current_sha256,
-            "BackupId": step.request.execution_name, "Restart": "slurmd"}, "nodes launched during it")
-    # whatever happened to the nodes: slurmctld runs again (restore-backup.sh starts what the hold stopped)
-    attempt(head, "restore-backup.sh", parameters, "head node's slurmctld", fleet=False)
-    if head_restore:
-        nodes[head[0]] = _and_then(head_restore, nodes.get(head[0], {}))
+    nodes, failures = node_rollback.restore_member(clients, member, step.request.execution_name, config,
+                                                   previous_sha256=step.plan.current_sha256, restart_failed=True)
     if failures:
         raise RollbackFailed(f"{member.cluster_name}: {'; '.join(failures)}")
     return MemberOutcome(cluster_name=member.cluster_name, ok=True, nodes=nodes)

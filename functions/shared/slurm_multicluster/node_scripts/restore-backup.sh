@@ -3,9 +3,10 @@
 #
 # Usage: restore-backup.sh --backup-id ID [--deadline SECONDS] [--restart-failed] [--hold slurmctld]
 #   --backup-id ID       the backup to restore (the workflow's execution name)
-#   --hold slurmctld     (head node) do not start slurmctld: stop it before munge restarts on the restored key
-#                        and leave it stopped (manifest held:slurmctld), while the compute and login nodes are
-#                        switched back; a later run without --hold starts it (see install-munge-key.sh --hold)
+#   --hold slurmctld     (head node) do not start slurmctld: when the key or a Slurm config file changes back,
+#                        stop it before munge restarts and leave it stopped (manifest held:slurmctld), while the
+#                        compute and login nodes are switched back; a later run without --hold starts it (see
+#                        install-munge-key.sh --hold)
 #   --deadline SECONDS   how long each daemon gets to become ready after its restart (default 120)
 #   --restart-failed     afterwards also restart munge, slurmdbd, slurmctld and slurmd where they exist and
 #                        are in state "failed" (a daemon that died during the change being undone), even
@@ -135,18 +136,22 @@ for path in ${RESTORED_PATHS[@]+"${RESTORED_PATHS[@]}"}; do
 done
 require_systemd
 
+# --hold: a slurmctld that must restart on what was restored is stopped now (before munge restarts) and left
+# stopped; a later run without --hold starts it, even when it has nothing left to restore
+if [[ $hold == true && ($key_changed == true || $config_changed == true) ]] && unit_exists slurmctld &&
+    unit_active slurmctld; then
+    manifest_add held:slurmctld # first: a later run starts it even if this one is killed now
+    CHANGED=true
+    stop_unit slurmctld || fail_restore "systemctl stop slurmctld failed"
+    echo "stopped slurmctld until the nodes run the restored key too (--hold)" >&2
+fi
+
 if [[ $key_changed == true ]]; then
     # the key is back on disk, but munged keeps the one it read at start until it restarts
     unit_exists munge || {
         failed_units+=(munge)
         fail_restore "restored $MUNGE_KEY_FILE but this node has no munge unit to restart with it"
     }
-    if [[ $hold == true ]] && unit_exists slurmctld && unit_active slurmctld; then
-        manifest_add held:slurmctld # first: a later run starts it even if this one is killed now
-        CHANGED=true
-        stop_unit slurmctld || fail_restore "systemctl stop slurmctld failed"
-        echo "stopped slurmctld until the nodes run the restored key too (--hold)" >&2
-    fi
     restart munge || fail_restore "munge did not come back after restoring the key"
 fi
 
