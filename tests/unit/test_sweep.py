@@ -6,7 +6,7 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from slurm_multicluster import sweep
+from slurm_multicluster import errors, sweep
 from slurm_multicluster import validation as v
 from slurm_multicluster.errors import InvalidInput
 
@@ -142,3 +142,13 @@ def test_a_retried_start_finds_the_run_it_already_started(monkeypatch):
         again = sweep.start_pairing_run(sfn, machine, run)
         assert first.execution_arn == again.execution_arn
         assert len(sfn.list_executions(stateMachineArn=machine)["executions"]) == 1
+
+
+@pytest.mark.parametrize("cause,expected", [
+    ('NodeCommandFailed: {"errorMessage": "slurmctld down", "errorType": "NodeCommandFailed", "stackTrace": ["  File x"]}',
+     "NodeCommandFailed: slurmctld down"),
+    ("States.Timeout: Task timed out.", "States.Timeout: Task timed out."),
+    ("VerificationFailed: {not json", "VerificationFailed: {not json"),
+])
+def test_a_cause_is_quoted_without_the_lambda_error_payload(cause, expected):
+    assert errors.concise(cause) == expected

@@ -305,6 +305,7 @@ def test_an_unpairing_whose_lease_would_lapse_during_a_step_changes_nothing_unde
     assert _secret_readers() == readers  # UpdateSecretAccess changed nothing (the sweep revokes it later)
     order = cloud.state_names(result["executionArn"], REGION)
     assert order[order.index("AcquireFederationLease"):] == [
-        "AcquireFederationLease", "UpdateSecretAccess", "LeaseLost", "ReleaseFederationLease", "HowDidTheUnpairingEnd", "PublishUnpairingFailed",
+        "AcquireFederationLease", "UpdateSecretAccess", "LeaseLost", "ReleaseFederationLease", "HowDidTheUnpairingEnd",
+        "IsTheFailureALambdaError", "PublishUnpairingFailed",
         "UnpairingFailed"]
     assert _live_lease() is None  # still its own: released, not left to expire

@@ -135,9 +135,11 @@ def test_removing_the_federation_tag_opts_out_and_adding_it_opts_in(moto_aws, fe
     # unpairing says so (the lab test shows the successful case on real daemons).
     assert (unpairing["status"], unpairing["error"]) == ("FAILED", "DetachDepartingClusterFailed")
     assert "AmazonSSMManagedInstanceCore" in unpairing["cause"]
-    assert cloud.state_names(unpairing["executionArn"], REGION)[-5:] == [
-        "DetachDepartingClusterFailed", "ReleaseFederationLease", "HowDidTheUnpairingEnd", "PublishUnpairingFailed",
-        "UnpairingFailed"]
+    # the cause is the step's message, not the Lambda's error payload (tests/workflow/test_failure_causes.py)
+    assert unpairing["cause"].startswith("NodeUnreachable: ") and "stackTrace" not in unpairing["cause"]
+    assert cloud.state_names(unpairing["executionArn"], REGION)[-9:] == [
+        "DetachDepartingClusterFailed", "ReleaseFederationLease", "HowDidTheUnpairingEnd", "IsTheFailureALambdaError",
+        "ReadTheLambdaError", "HasTheLambdaErrorAMessage", "WordTheFailure", "PublishUnpairingFailed", "UnpairingFailed"]
 
     added = route(cloud.tag_change_event(gamma.stack_id, REGION, [FEDERATION_KEY], {FEDERATION_KEY: "hpc"}))
     assert cloud.state_names(added[cloud.UNPAIRING_STATE_MACHINE]["executionArn"], REGION)[-1] == "NotAFederationMember"

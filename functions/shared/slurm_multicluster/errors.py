@@ -1,5 +1,7 @@
 """Exceptions whose class names become Step Functions error names (Retry/Catch match on them)."""
 
+import json
+
 
 class PairingError(Exception):
     """Base class: a pairing step could not do what it had to."""
@@ -23,3 +25,18 @@ class NodeCommandFailed(PairingError):
 
 class VerificationFailed(PairingError):
     """The pairing was applied but the clusters do not work together."""
+
+
+def concise(cause: str) -> str:
+    """A Step Functions error cause without the Lambda error payload around its message (its JSON and stack trace):
+    what reports and messages quote. Any other cause (a Task's States.Timeout, an SDK error) is returned as is."""
+    start = cause.find("{")
+    if start < 0:
+        return cause
+    try:
+        payload = json.loads(cause[start:])
+    except ValueError:
+        return cause
+    if isinstance(payload, dict) and "errorMessage" in payload:
+        return cause[:start] + str(payload["errorMessage"])
+    return cause

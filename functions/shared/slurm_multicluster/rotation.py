@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from slurm_multicluster import discovery, munge_secret, node_commands, node_rollback, registry
 from slurm_multicluster import validation as v
-from slurm_multicluster.errors import InvalidInput, NodeCommandFailed, PairingError, PrerequisiteFailed, VerificationFailed
+from slurm_multicluster.errors import InvalidInput, NodeCommandFailed, PairingError, PrerequisiteFailed, VerificationFailed, concise
 from slurm_multicluster.models import ExecutionName, FederationName, Member, Region, StateModel
 from slurm_multicluster.node_commands import NodeResult
 from slurm_multicluster.settings import Settings
@@ -394,7 +394,7 @@ def confirm_outcomes(check: OutcomesCheck) -> list[str]:
     """The members whose step succeeded; raises naming every member whose step failed."""
     failed = [o for o in check.outcomes if not o.ok]
     if failed:
-        details = "; ".join(f"{o.cluster_name}: {o.error}: {o.cause}" for o in failed)
+        details = "; ".join(f"{o.cluster_name}: {o.error}: {concise(o.cause or '')}" for o in failed)
         names = ", ".join(o.cluster_name for o in failed)
         error = MemberStagingFailed if check.step == "StagePendingKey" else MemberSwitchFailed
         raise error(f"{check.step} failed on {names} ({details})")
@@ -427,7 +427,7 @@ def verify_federation(clients: ClientFactory, test: FederationCheck, config: Set
     """
     failed_before = [o for o in test.outcomes if not o.ok]
     if failed_before:
-        details = "; ".join(f"{o.cluster_name}: {o.error}: {o.cause}" for o in failed_before)
+        details = "; ".join(f"{o.cluster_name}: {o.error}: {concise(o.cause or '')}" for o in failed_before)
         raise RollbackFailed(f"could not switch back {', '.join(o.cluster_name for o in failed_before)} ({details})")
     members = test.members
     names = {m.cluster_name: m.slurm.cluster_name for m in members if m.slurm}

@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, StrictBool, ValidationError
 
 from slurm_multicluster import announcements, discovery, ingress, munge_secret, registry
 from slurm_multicluster import validation as v
-from slurm_multicluster.errors import InvalidInput
+from slurm_multicluster.errors import InvalidInput, concise
 from slurm_multicluster.models import ClusterName, ExecutionName, FederationName, Region, StateModel
 from slurm_multicluster.settings import Settings
 
@@ -420,20 +420,6 @@ def drift_items(plan: dict[str, Any], missing_rules: int) -> list[str]:
     if accounting.get("stopLocalSlurmdbd"):
         items.append("own slurmdbd still running")
     return items
-
-
-def concise(cause: str) -> str:
-    """A failed run's cause without the Lambda error payload around its message (no stack traces in reports)."""
-    start = cause.find("{")
-    if start < 0:
-        return cause
-    try:
-        payload = json.loads(cause[start:])
-    except ValueError:
-        return cause
-    if isinstance(payload, dict) and "errorMessage" in payload:
-        return cause[:start] + str(payload["errorMessage"])
-    return cause
 
 
 def report(given: ReportInput) -> SweepReport:
