@@ -144,3 +144,22 @@ def test_a_queue_subnet_outside_the_members_vpc_refuses_the_pairing_before_anyth
     assert "AuthorizeIngress" not in cloud.state_names(result["executionArn"], HOME)
     assert _network_of_ours() == before
     assert "10.99.7.0/24" not in json.dumps(_network_of_ours())
+
+
+def test_a_peers_refused_queue_subnet_never_halts_the_pairing_of_another_cluster(federation):
+    """beta's head node now reports a subnet of another VPC: beta's own pairing (and the sweep's) refuses it, but
+    gamma still pairs, and nothing of that network reaches any prefix list."""
+    federation.create("alpha", HOME)
+    subnets = _beta_with_a_two_subnet_queue(federation)
+    for name in ("alpha", "beta"):
+        assert federation.pair(name)["status"] == "SUCCEEDED"
+    ec2 = boto3.client("ec2", region_name=OTHER)
+    vpc = ec2.create_vpc(CidrBlock="10.99.0.0/16")["Vpc"]["VpcId"]
+    stranger = ec2.create_subnet(VpcId=vpc, CidrBlock="10.99.7.0/24")["Subnet"]["SubnetId"]
+    federation.nodes.head("beta").queue_subnet_ids = sorted([*subnets, stranger])
+    federation.create("gamma", OTHER)
+
+    assert federation.pair("gamma")["status"] == "SUCCEEDED"
+    assert federation.pair("beta")["error"] == "PlanPairingFailed"
+    assert set(QUEUE_CIDRS) <= set(_prefix_list_of(HOME, federation.networks[HOME].vpc_id))
+    assert "10.99.7.0/24" not in json.dumps(_network_of_ours())

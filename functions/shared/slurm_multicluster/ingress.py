@@ -427,7 +427,7 @@ def unwanted_federation_rules(ec2_for: Ec2For, network: NetworkPlan, rules: list
 
 
 def plan_network(ec2_for: Ec2For, quotas_for: Callable[[str], Any], members: list[Member], deployment: str,
-                 srun_port_range: str = "") -> tuple[NetworkPlan, list[IngressRule]]:
+                 srun_port_range: str = "", paired_stack_id: str | None = None) -> tuple[NetworkPlan, list[IngressRule]]:
     """What the federation's network needs after this pairing, and the rules still missing; reads only.
     ``srun_port_range`` is the federation's SrunPortRange option ("" = off: our rules on the federation groups,
     if any are left from when it was on, are planned for revocation).
@@ -436,8 +436,13 @@ def plan_network(ec2_for: Ec2For, quotas_for: Callable[[str], Any], members: lis
     ENI its security-groups quota, saying which group, how many rules, which quota and how to raise it."""
     federation = members[0].federation
     queue, refused = queue_subnet_cidrs(ec2_for, members)
+    # the cluster being paired is refused; a peer's refused subnets never halt the pairing of another cluster (it
+    # keeps the subnets AWS shows; its own pairing, or the sweep's, fails on them loudly)
+    if refused and (paired_stack_id is None or paired_stack_id in refused):
+        raise PrerequisiteFailed("refused before anything changed: " + "; ".join(
+            refused.values() if paired_stack_id is None else [refused[paired_stack_id]]))
     if refused:
-        raise PrerequisiteFailed("refused before anything changed: " + "; ".join(refused.values()))
+        logger.warning("queue subnets of peers refused", extra={"refused": list(refused.values())})
     vpcs = {}
     for member in members:
         key = member.head_node.vpc_id
