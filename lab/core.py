@@ -695,7 +695,7 @@ class Lab:
         python = "/usr/bin/python3" if Path("/usr/bin/python3").exists() else sys.executable
         src = (Path(__file__).parent / "nodectl.py").read_text()
         _write(self.bin_dir / "systemctl", f"#!{python}\n{src}", mode=0o755)
-        aws = REPO / ".venv" / "bin" / "aws"
+        aws = (REPO / ".venv").resolve() / "bin" / "aws"  # the path _binds mounts (.venv may be a symlink)
         _write(self.bin_dir / "aws", f"#!/bin/sh\nexec '{aws}' \"$@\"\n", mode=0o755)
 
     def _create_network(self) -> None:

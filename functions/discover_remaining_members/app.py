@@ -1,4 +1,5 @@
-"""DiscoverRemainingMembers: the members that stay in the federation once the departing cluster has left; the
+"""DiscoverRemainingMembers: the members that stay in the federation once the departing cluster has left, with the
+Slurm settings their head nodes report (their queues' subnets, for ShrinkFederationNetwork); the
 admitted stacks left out are announced ("Slurm Cluster Skipped", MembersSkipped), never a reason to stop."""
 
 import os

@@ -109,6 +109,35 @@ def test_member_in_another_region_is_paired_through_ip_rules(two_clusters):
     assert wait_job_completed_on(lab, "alpha-head", "beta", job)["NodeList"] == "beta-compute-1"
 
 
+def test_member_in_another_region_opens_every_subnet_its_queues_list(two_clusters):
+    """beta's queue has two subnets no node runs in (its launch template names neither): the real discover-slurm.sh
+    reads them from the fleet-config.json ParallelCluster's cookbook writes on the head node, and alpha's prefix list
+    in the other region admits both before a node launches there."""
+    lab = two_clusters
+    if lab.slurm_root("beta") is None:
+        pytest.skip("beta's head node runs in the host's root: a fleet-config.json there would be the host's")
+    with lab_cloud(lab, {"alpha": ALPHA_TAGS, "beta": BETA_TAGS}, cluster_regions={"beta": "eu-west-1"}) as cloud:
+        beta = cloud.clusters["beta"]
+        ec2 = boto3.client("ec2", region_name="eu-west-1")
+        vpc = ec2.describe_instances(InstanceIds=[beta.head_instance_id])["Reservations"][0]["Instances"][0]["VpcId"]
+        queue_cidrs = ["10.250.200.0/24", "10.250.201.0/24"]
+        subnets = [ec2.create_subnet(VpcId=vpc, CidrBlock=cidr)["Subnet"]["SubnetId"] for cidr in queue_cidrs]
+        fleet = {"compute": {"c5": {"Api": "create-fleet", "CapacityType": "on-demand",
+                                    "Instances": [{"InstanceType": "c5.xlarge"}], "Networking": {"SubnetIds": subnets}},
+                             "c6": {"Api": "run-instances", "CapacityType": "on-demand",
+                                    "Instances": [{"InstanceType": "c6i.large"}]}}}
+        lab.exec("beta-head", ["sh", "-c", "mkdir -p /etc/parallelcluster/slurm_plugin && "
+                                           "cat > /etc/parallelcluster/slurm_plugin/fleet-config.json"],
+                 input=json.dumps(fleet, indent=2), check=True)
+
+        result, _ = run_logged(cloud, cloud.event_for("beta"))
+
+        assert result["status"] == "SUCCEEDED", result.get("cause")
+        [listed] = [r["PrefixListId"] for r in our_rules("us-east-1") if r.get("PrefixListId")]
+        assert prefix_list_entries(listed, "us-east-1") == sorted(
+            [subnet_cidr(beta.head_instance_id, "eu-west-1"), *queue_cidrs])
+
+
 FAULTY_SLURMCTLD = """#!/bin/sh
 # Fault injection: a slurmctld that exits at start once accounting points at a slurmdbd, logging as slurmctld does.
 if grep -q '^AccountingStorageHost' /opt/slurm/etc/slurm_parallelcluster.conf; then

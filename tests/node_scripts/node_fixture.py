@@ -149,6 +149,7 @@ class Node:
         self.state = root / "state"
         self.bin = root / "bin"
         self.munge_run = root / "run/munge"
+        self.fleet_config = root / "etc/parallelcluster/slurm_plugin/fleet-config.json"
         self.env = {
             "PATH": f"{self.bin}:{VENV_BIN}:/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin",
             "HOME": str(root),
@@ -158,6 +159,7 @@ class Node:
             "MUNGE_KEY_FILE": str(self.key_file),
             "SHARED_MUNGE_DIRS": f"{self.shared_dir} {self.login_shared_dir}",
             "BACKUP_ROOT": str(self.backup_root),
+            "FLEET_CONFIG_FILE": str(self.fleet_config),
             "MUNGE_SOCKET": str(self.munge_run / "munge.socket.2"),
             "NODE_STATE": str(self.state),
             "REAL_AWS": str(VENV_BIN / "aws"),

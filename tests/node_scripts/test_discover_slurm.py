@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from node_fixture import PC_CONF_WITHOUT_ACCOUNTING, file_sha, new_key, sha256
 
 
@@ -145,3 +147,59 @@ def test_report_munge_key_says_which_key_a_node_runs_and_changes_nothing(node):
     assert node.run("report-munge-key.sh").json["mungeKeySha256"] is None
     refused = node.run("report-munge-key.sh", "--secret-id", "x")
     assert refused.returncode == 2 and refused.json["ok"] is False
+
+
+# ParallelCluster's fleet-config.json as its cookbook writes it (generate_fleet_config): one entry per queue and
+# compute resource; only create-fleet ones carry Networking.SubnetIds (a queue's launch template names the first).
+FLEET_CONFIG = """{
+  "compute": {
+    "c5": {"Api": "create-fleet", "CapacityType": "on-demand", "Instances": [{"InstanceType": "c5.xlarge"}],
+           "Networking": {"SubnetIds": ["subnet-0b2222222222222bb", "subnet-0a1111111111111aa"]}},
+    "c6": {"Api": "run-instances", "CapacityType": "on-demand", "Instances": [{"InstanceType": "c6i.large"}]}
+  },
+  "gpu": {
+    "g5": {"Api": "create-fleet", "CapacityType": "spot", "Instances": [{"InstanceType": "g5.xlarge"}],
+           "Networking": {"SubnetIds": ["subnet-0a1111111111111aa", "subnet-0c3333333333333cc"]}}
+  }
+}
+"""
+
+
+def test_discover_reports_no_queue_subnets_without_a_fleet_config(node):
+    """A head node of an older ParallelCluster, or a plain Slurm head node: no fleet-config.json."""
+    assert not node.fleet_config.exists()
+    facts = node.run("discover-slurm.sh").json
+    assert facts["ok"] is True
+    assert facts["queueSubnetIds"] == []
+
+
+def test_discover_reports_every_queues_subnets_sorted_and_once(node):
+    node.fleet_config.parent.mkdir(parents=True)
+    node.fleet_config.write_text(FLEET_CONFIG)
+    facts = node.run("discover-slurm.sh").json
+    assert facts["queueSubnetIds"] == ["subnet-0a1111111111111aa", "subnet-0b2222222222222bb",
+                                       "subnet-0c3333333333333cc"]
+
+
+def test_discover_reads_a_fleet_config_written_on_one_line(node):
+    node.fleet_config.parent.mkdir(parents=True)
+    node.fleet_config.write_text('{"q":{"cr":{"Api":"create-fleet","Networking":{"SubnetIds":["subnet-0123abcd"]}}}}')
+    assert node.run("discover-slurm.sh").json["queueSubnetIds"] == ["subnet-0123abcd"]
+
+
+@pytest.mark.parametrize("subnet_ids", [
+    '["subnet-0a1111111111111aa", "subnet-0a11; touch /tmp/owned"]',  # not a subnet id
+    '["sg-0a1111111111111aa"]',  # another kind of id
+    '["subnet-0A1111111111111AA"]',  # EC2 ids are lower-case hex
+    '"subnet-0a1111111111111aa"',  # not a list
+    '["subnet-0a1111111111111aa" "subnet-0b2222222222222bb"]',  # one item of two
+    '["subnet-\\u0030a1111111111111aa"]',  # an escape: never decoded, refused
+])
+def test_discover_refuses_a_fleet_config_naming_anything_but_subnet_ids(node, subnet_ids):
+    node.fleet_config.parent.mkdir(parents=True)
+    node.fleet_config.write_text('{"q": {"cr": {"Api": "create-fleet", "Networking": {"SubnetIds": %s}}}}' % subnet_ids)
+    result = node.run("discover-slurm.sh")
+    assert result.returncode == 1
+    assert result.json["ok"] is False
+    assert str(node.fleet_config) in result.json["error"] and "subnet" in result.json["error"]
+    assert "queueSubnetIds" not in result.json

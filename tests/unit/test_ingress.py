@@ -218,3 +218,61 @@ def test_srun_port_range_leaves_an_admins_rule_on_the_federation_group_alone(ec2
         {"IpProtocol": "tcp", "FromPort": 22, "ToPort": 22, "IpRanges": [{"CidrIp": "10.9.0.0/16"}]}])
     network, _ = ingress.plan_network(lambda r: ec2, _quotas, members, "default", "")
     assert network.revoke == []
+
+
+def _two_vpcs_with_a_queue(ec2, reported=None):
+    """alpha in one VPC; beta in another, its queue on a second subnet of its VPC that its head node reports
+    (``reported`` adds or replaces what it reports). Returns (members, beta's queue subnet)."""
+    alpha, _ = _pair(ec2)
+    vpc = ec2.create_vpc(CidrBlock="10.1.0.0/16")["Vpc"]["VpcId"]
+    head_subnet = ec2.create_subnet(VpcId=vpc, CidrBlock="10.1.0.0/24")["Subnet"]["SubnetId"]
+    queue_subnet = ec2.create_subnet(VpcId=vpc, CidrBlock="10.1.5.0/24")["Subnet"]["SubnetId"]
+    group = ec2.create_security_group(GroupName="beta", Description="beta", VpcId=vpc)["GroupId"]
+    eni = ec2.create_network_interface(SubnetId=head_subnet, Groups=[group])["NetworkInterface"]["NetworkInterfaceId"]
+    beta = _member("beta", vpc, group, eni=eni, subnet="10.1.0.0/24")
+    beta.slurm.queue_subnet_ids = [queue_subnet] if reported is None else reported(queue_subnet)
+    return [alpha, beta], queue_subnet
+
+
+def _entries(ec2, vpc_id):
+    return ingress.read_vpc(ec2, "us-east-1", vpc_id, "hpc", "default").entries
+
+
+def test_a_queues_subnets_are_resolved_in_the_members_region_and_planned_into_the_other_vpcs_list(ec2):
+    members, _ = _two_vpcs_with_a_queue(ec2)
+    cidrs, refused = ingress.queue_subnet_cidrs(lambda r: ec2, members)
+    assert (cidrs, refused) == ({"arn:beta": ["10.1.5.0/24"]}, {})
+    network, _ = ingress.plan_network(lambda r: ec2, _quotas, members, "default")
+    assert network.vpc(members[0].head_node.vpc_id).add_entries == ["10.1.0.0/24", "10.1.5.0/24"]
+    assert network.vpc(members[0].head_node.vpc_id).entry_sources == {"10.1.0.0/24": "beta", "10.1.5.0/24": "beta"}
+    assert network.vpc(members[1].head_node.vpc_id).add_entries == ["10.0.0.0/24"]  # alpha reports none
+
+
+@pytest.mark.parametrize("stranger", ["another VPC", "missing"])
+def test_a_reported_subnet_outside_the_members_vpc_refuses_the_plan(ec2, stranger):
+    def reported(queue_subnet):
+        if stranger == "missing":
+            return [queue_subnet, "subnet-0123456789abcdef0"]
+        other = ec2.create_vpc(CidrBlock="10.9.0.0/16")["Vpc"]["VpcId"]
+        return [queue_subnet, ec2.create_subnet(VpcId=other, CidrBlock="10.9.0.0/24")["Subnet"]["SubnetId"]]
+
+    members, _ = _two_vpcs_with_a_queue(ec2, reported)
+    with pytest.raises(PrerequisiteFailed, match="beta: its head node reports queue subnets .* outside its VPC") as refused:
+        ingress.plan_network(lambda r: ec2, _quotas, members, "default")
+    assert ("does not exist in us-east-1" if stranger == "missing" else "is in vpc-") in str(refused.value)
+    assert _ours(ec2) == [] and ingress.federation_prefix_lists(ec2, "hpc", "default") == []
+
+
+def test_the_shrink_keeps_a_remaining_members_queue_subnets_and_ignores_refused_ones(ec2):
+    members, _ = _two_vpcs_with_a_queue(ec2)
+    ingress.connect(lambda r: ec2, _quotas, members, "exec-1", "default")
+    alpha_vpc = members[0].head_node.vpc_id
+    assert _entries(ec2, alpha_vpc) == ["10.1.0.0/24", "10.1.5.0/24"]
+
+    kept = ingress.shrink_network(lambda r: ec2, ["us-east-1"], "hpc", members, "default")
+    assert kept["removedEntries"] == [] and _entries(ec2, alpha_vpc) == ["10.1.0.0/24", "10.1.5.0/24"]
+
+    members[1].slurm.queue_subnet_ids.append("subnet-0123456789abcdef0")  # now reports one that does not exist
+    shrunk = ingress.shrink_network(lambda r: ec2, ["us-east-1"], "hpc", members, "default")
+    assert shrunk["removedEntries"] == ["10.1.5.0/24"] and "subnet-0123456789abcdef0" in shrunk["queueSubnetsRefused"][0]
+    assert _entries(ec2, alpha_vpc) == ["10.1.0.0/24"]

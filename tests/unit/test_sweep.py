@@ -82,6 +82,20 @@ def test_a_missing_rule_counts_once_on_the_cluster_whose_group_lacks_it():
     assert report.repaired == []  # dryRun
 
 
+def test_a_missing_prefix_list_entry_counts_once_on_the_member_whose_subnet_it_is():
+    """Every member's plan holds the whole federation's network: beta's queue subnet missing from alpha's VPC's
+    prefix list is in both plans, and is beta's drift."""
+    network = {"vpcs": [{"region": "us-east-1", "vpcId": "vpc-alpha", "addEntries": ["10.241.2.0/24"],
+                         "entrySources": {"10.241.2.0/24": "beta"}},
+                        {"region": "eu-west-1", "vpcId": "vpc-beta", "addEntries": []}]}
+    given = sweep.ReportInput.model_validate({"request": REQUEST, "results": [
+        result("beta", {**plan("beta"), "network": network}), result("alpha", {**plan("alpha"), "network": network})]})
+    report = sweep.report(given)
+    assert report.in_sync == ["alpha"]
+    assert [(d.cluster, d.drift) for d in report.drifted] == [
+        ("beta", ["1 subnet missing from the other VPCs' prefix lists"])]
+
+
 def test_without_dry_run_a_drifted_cluster_whose_run_succeeded_is_repaired_and_failures_are_lines():
     given = sweep.ReportInput.model_validate({
         "request": {**REQUEST, "dryRun": False},

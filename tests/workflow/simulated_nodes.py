@@ -54,6 +54,7 @@ class SimulatedNode:
     held: set[str] = field(default_factory=set)  # head: backup ids whose switch holds slurmctld stopped
     srun_port_range: str | None = None  # head: slurm.conf's SrunPortRange (None: unset, srun uses ephemeral ports)
     slurmd_port: int = 6818  # head: slurm.conf's SlurmdPort
+    queue_subnet_ids: list[str] = field(default_factory=list)  # head: fleet-config.json's queue subnets
 
 
 class SimulatedFederation:
@@ -142,6 +143,7 @@ class SimulatedFederation:
             "slurmVersion": "22.05.8", "slurmdbdVersion": "22.05.8" if accounting else None,
             "mungeVersion": "0.5.15", "mungeKeySha256": node.key_sha,
             "slurmdPort": node.slurmd_port, "srunPortRange": node.srun_port_range,
+            "queueSubnetIds": node.queue_subnet_ids,
         }
 
     def _create_pending_munge_key(self, node: SimulatedNode, args: list[str]) -> dict[str, Any]:

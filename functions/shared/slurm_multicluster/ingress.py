@@ -64,6 +64,7 @@ class FederationVpc(StateModel):
     prefix_list_version: int | None = None
     entries: list[str] = []  # the prefix list's CIDRs now
     add_entries: list[str] = []  # subnets of other VPCs' members it lacks
+    entry_sources: dict[str, str] = {}  # each of add_entries -> the member (cluster name) whose subnet it is
     create_group: bool = False
     create_prefix_list: bool = False
 
@@ -195,9 +196,40 @@ def read_vpc(ec2: Any, region: str, vpc_id: str, federation: str, deployment: st
     return vpc
 
 
-def member_cidrs(member: Member) -> list[str]:
-    """Where a member's submissions come from, as CIDRs: its head node's subnet and its nodes' subnets."""
-    return sorted({*([member.head_node.subnet_cidr] if member.head_node.subnet_cidr else []), *member.node_subnet_cidrs})
+def member_cidrs(member: Member, queue_cidrs: list[str] | None = None) -> list[str]:
+    """Where a member's submissions come from, as CIDRs: its head node's subnet, its nodes' subnets and its queues'
+    subnets (``queue_cidrs``, from queue_subnet_cidrs: a compute node may launch in any of them)."""
+    return sorted({*([member.head_node.subnet_cidr] if member.head_node.subnet_cidr else []), *member.node_subnet_cidrs,
+                   *(queue_cidrs or [])})
+
+
+def queue_subnet_cidrs(ec2_for: Ec2For, members: list[Member]) -> tuple[dict[str, list[str]], dict[str, str]]:
+    """(StackId -> the CIDRs of the queue subnets its head node reports, StackId -> why they were refused).
+
+    discover-slurm.sh reads them from ParallelCluster's fleet-config.json (SlurmSettings.queue_subnet_ids): a queue
+    with several subnets launches compute nodes in subnets its launch template does not name. They are resolved with
+    DescribeSubnets in the member's region, and ParallelCluster keeps every subnet of a cluster in its head node's
+    VPC: a subnet that does not exist or lies in another VPC refuses all of that member's, so root on one head node
+    cannot put another network into the federation's prefix lists."""
+    cidrs: dict[str, list[str]] = {}
+    refused: dict[str, str] = {}
+    for member in members:
+        ids = sorted(set(member.slurm.queue_subnet_ids)) if member.slurm else []
+        if not ids:
+            continue
+        paginator = ec2_for(member.region).get_paginator("describe_subnets")
+        found = {subnet["SubnetId"]: subnet for page in paginator.paginate(Filters=[{"Name": "subnet-id", "Values": ids}])
+                 for subnet in page["Subnets"]}
+        problems = [f"{i} does not exist in {member.region}" for i in ids if i not in found] + [
+            f"{i} is in {found[i]['VpcId']}" for i in ids if i in found and found[i]["VpcId"] != member.head_node.vpc_id]
+        if problems:
+            refused[member.stack_id] = (
+                f"{member.cluster_name}: its head node reports queue subnets (fleet-config.json) outside its VPC "
+                f"{member.head_node.vpc_id}: {', '.join(problems)}; ParallelCluster keeps a cluster's subnets in its "
+                "head node's VPC, so none of them is opened to the federation")
+            continue
+        cidrs[member.stack_id] = sorted({v.ipv4_cidr(found[i]["CidrBlock"]) for i in ids})
+    return cidrs, refused
 
 
 def _merge(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
@@ -395,7 +427,7 @@ def unwanted_federation_rules(ec2_for: Ec2For, network: NetworkPlan, rules: list
 
 
 def plan_network(ec2_for: Ec2For, quotas_for: Callable[[str], Any], members: list[Member], deployment: str,
-                 srun_port_range: str = "") -> tuple[NetworkPlan, list[IngressRule]]:
+                 srun_port_range: str = "", paired_stack_id: str | None = None) -> tuple[NetworkPlan, list[IngressRule]]:
     """What the federation's network needs after this pairing, and the rules still missing; reads only.
     ``srun_port_range`` is the federation's SrunPortRange option ("" = off: our rules on the federation groups,
     if any are left from when it was on, are planned for revocation).
@@ -403,6 +435,14 @@ def plan_network(ec2_for: Ec2For, quotas_for: Callable[[str], Any], members: lis
     Refuses (PrerequisiteFailed) before anything changes when a head node group would exceed its rules quota or an
     ENI its security-groups quota, saying which group, how many rules, which quota and how to raise it."""
     federation = members[0].federation
+    queue, refused = queue_subnet_cidrs(ec2_for, members)
+    # the cluster being paired is refused; a peer's refused subnets never halt the pairing of another cluster (it
+    # keeps the subnets AWS shows; its own pairing, or the sweep's, fails on them loudly)
+    if refused and (paired_stack_id is None or paired_stack_id in refused):
+        raise PrerequisiteFailed("refused before anything changed: " + "; ".join(
+            refused.values() if paired_stack_id is None else [refused[paired_stack_id]]))
+    if refused:
+        logger.warning("queue subnets of peers refused", extra={"refused": list(refused.values())})
     vpcs = {}
     for member in members:
         key = member.head_node.vpc_id
@@ -410,8 +450,13 @@ def plan_network(ec2_for: Ec2For, quotas_for: Callable[[str], Any], members: lis
             vpcs[key] = read_vpc(ec2_for(member.region), member.region, key, federation, deployment)
     for vpc in vpcs.values():
         vpc.create_group = vpc.group_id is None
-        wanted = sorted({cidr for m in members if m.head_node.vpc_id != vpc.vpc_id for cidr in member_cidrs(m)})
-        vpc.add_entries = [cidr for cidr in wanted if cidr not in vpc.entries]
+        sources: dict[str, str] = {}
+        for m in members:
+            if m.head_node.vpc_id != vpc.vpc_id:
+                for cidr in member_cidrs(m, queue.get(m.stack_id)):
+                    sources.setdefault(cidr, m.cluster_name)
+        vpc.add_entries = [cidr for cidr in sorted(sources) if cidr not in vpc.entries]
+        vpc.entry_sources = {cidr: sources[cidr] for cidr in vpc.add_entries}
         vpc.create_prefix_list = bool(vpc.add_entries) and vpc.prefix_list_id is None
     network = NetworkPlan(federation=federation, vpcs=list(vpcs.values()),
                           srun_port_range=v.srun_port_range(srun_port_range))
@@ -775,15 +820,21 @@ def detach_federation_groups(ec2: Any, instance: dict[str, Any], federation: str
 def shrink_network(ec2_for: Ec2For, regions: list[str], federation: str, remaining: list[Member],
                    deployment: str) -> dict[str, Any]:
     """After a departure (under the lease): every prefix list holds exactly the remaining members' subnets outside
-    its VPC; a VPC without a remaining member loses its prefix list and its federation group (our rules referencing
-    them revoked first; a group still attached to a departing, not yet terminated ENI is left for the sweep)."""
-    outcome: dict[str, Any] = {"removedEntries": [], "deleted": [], "leftForTheSweep": []}
+    its VPC (their queues' subnets included, as the pairing's plan counts them; a member whose head node did not
+    report them, or reported refused ones, keeps only those AWS shows until its next pairing or sweep); a VPC without
+    a remaining member loses its prefix list and its federation group (our rules referencing them revoked first; a
+    group still attached to a departing, not yet terminated ENI is left for the sweep)."""
+    queue, refused = queue_subnet_cidrs(ec2_for, remaining)
+    if refused:
+        logger.warning("queue subnets refused", extra={"refused": list(refused.values())})
+    outcome: dict[str, Any] = {"removedEntries": [], "deleted": [], "leftForTheSweep": [],
+                               "queueSubnetsRefused": list(refused.values())}
     member_vpcs = {m.head_node.vpc_id for m in remaining}
     for region in regions:
         ec2 = ec2_for(region)
         for prefix_list in federation_prefix_lists(ec2, federation, deployment):
             vpc_id, pl_id = _vpc_tag(prefix_list), prefix_list["PrefixListId"]
-            wanted = {c for m in remaining if m.head_node.vpc_id != vpc_id for c in member_cidrs(m)}
+            wanted = {c for m in remaining if m.head_node.vpc_id != vpc_id for c in member_cidrs(m, queue.get(m.stack_id))}
             if vpc_id in member_vpcs and wanted:
                 extra = [c for c in prefix_list_entries(ec2, pl_id) if c not in wanted]
                 if extra:

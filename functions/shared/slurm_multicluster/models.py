@@ -23,6 +23,7 @@ Region = Annotated[str, _matching(v.REGION, "region")]
 ExecutionName = Annotated[str, _matching(v.BACKUP_ID, "execution name")]
 Sha256 = Annotated[str, _matching(v.SHA256, "munge key fingerprint")]
 SharedMungeKey = Annotated[str, _matching(v.SHARED_MUNGE_KEY, "shared munge key fingerprint")]
+SubnetId = Annotated[str, _matching(v.SUBNET_ID, "subnet id")]
 
 
 class StateModel(BaseModel):
@@ -86,6 +87,9 @@ class SlurmSettings(StateModel):
     registered_clusters: list[str] = []  # "name=ControlHost" in this node's slurmdbd (accounting head only)
     # the shared copies compute and login nodes boot from: "<file>=<sha256>", "<file>=" when a dir holds none
     shared_munge_keys: list[SharedMungeKey] = []
+    # every queue's subnets (ParallelCluster's fleet-config.json): a queue's launch template names only its first;
+    # where its compute nodes may launch, so sources of submissions (ingress.queue_subnet_cidrs checks their VPC)
+    queue_subnet_ids: list[SubnetId] = []
 
     def shared_keys_not(self, sha256: str) -> list[str]:
         """The shared munge key copies that do not hold the key with this fingerprint (missing ones included)."""

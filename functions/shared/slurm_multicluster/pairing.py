@@ -194,7 +194,7 @@ def plan(clients: ClientFactory, request: PairingRequest, members: list[Member],
     # The rule budget is checked here, before anything changes (PrerequisiteFailed names group, count and quota).
     network, rules = ingress.plan_network(lambda region: clients("ec2", region),
                                           lambda region: clients("service-quotas", region), members, config.deployment_id,
-                                          config.srun_port_range)
+                                          config.srun_port_range, paired_stack_id=new.stack_id)
     secret_name = config.munge_key_secret_name(new.federation)
     # A same-named secret someone else made would be handed the key: refuse before anything changes.
     munge_secret.check_ours(clients("secretsmanager", accounting.region), secret_name, config)

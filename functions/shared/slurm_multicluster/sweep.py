@@ -395,11 +395,30 @@ def missing_rules_by_cluster(results: list[ClusterResult]) -> dict[str, int]:
     return counts
 
 
-def drift_items(plan: dict[str, Any], missing_rules: int) -> list[str]:
+def missing_entries_by_cluster(results: list[ClusterResult]) -> dict[str, int]:
+    """Prefix-list entries the plans add, counted once each (every member's plan holds the whole federation's
+    network), on the member whose subnet is missing (the plan's entrySources), else on the cluster whose plan has it."""
+    checked = {r.cluster for r in results}
+    seen: dict[tuple[Any, ...], str] = {}
+    for result in results:
+        for vpc in ((result.plan or {}).get("network") or {}).get("vpcs") or []:
+            for cidr in vpc.get("addEntries") or []:
+                source = (vpc.get("entrySources") or {}).get(cidr)
+                seen.setdefault((vpc.get("region"), vpc.get("vpcId"), cidr), source if source in checked else result.cluster)
+    counts: dict[str, int] = {}
+    for cluster in seen.values():
+        counts[cluster] = counts.get(cluster, 0) + 1
+    return counts
+
+
+def drift_items(plan: dict[str, Any], missing_rules: int, missing_entries: int = 0) -> list[str]:
     """The plan's differences from a paired cluster, in an admin's words."""
     items = []
     if missing_rules:
         items.append(f"{missing_rules} missing ingress rule{'s' if missing_rules > 1 else ''}")
+    if missing_entries:  # its subnets (a queue's included) not yet in the prefix lists of the other VPCs
+        items.append(f"{missing_entries} subnet{'s' if missing_entries > 1 else ''} missing from the other VPCs' "
+                     "prefix lists")
     unwanted = len((plan.get("network") or {}).get("revoke") or [])
     if unwanted:  # SrunPortRange turned off or changed since these were opened
         items.append(f"{unwanted} ingress rule{'s' if unwanted > 1 else ''} SrunPortRange no longer opens")
@@ -425,6 +444,7 @@ def drift_items(plan: dict[str, Any], missing_rules: int) -> list[str]:
 def report(given: ReportInput) -> SweepReport:
     """The sweep report: which clusters are in sync, drifted, were repaired (not with dryRun), or failed."""
     rules = missing_rules_by_cluster(given.results)
+    entries = missing_entries_by_cluster(given.results)
     in_sync, drifted, repaired = [], [], []
     failed = [FailedCluster(cluster=u.cluster, error=f"not checked: {u.error}") for u in given.unchecked
               if not u.not_admitted]
@@ -439,7 +459,7 @@ def report(given: ReportInput) -> SweepReport:
                                         error=f"{result.error}: {concise(result.cause)}" if result.cause else str(result.error)))
             continue
         members[result.federation] = members.get(result.federation, 0) + 1
-        items = drift_items(result.plan, rules.get(result.cluster, 0))
+        items = drift_items(result.plan, rules.get(result.cluster, 0), entries.get(result.cluster, 0))
         if not items:
             in_sync.append(result.cluster)
             continue

@@ -18,11 +18,12 @@ from typing import Any, Callable
 
 from aws_lambda_powertools import Logger
 from botocore.exceptions import ClientError
+from pydantic import ValidationError
 
 from slurm_multicluster import discovery, ingress, munge_secret, node_commands, pairing, registry
 from slurm_multicluster import validation as v
-from slurm_multicluster.errors import InvalidInput, PrerequisiteFailed
-from slurm_multicluster.models import AddedRule, Member, PairingRequest, StateModel
+from slurm_multicluster.errors import InvalidInput, NodeCommandFailed, NodeUnreachable, PrerequisiteFailed
+from slurm_multicluster.models import AddedRule, Member, PairingRequest, SlurmSettings, StateModel
 from slurm_multicluster.settings import Settings
 
 logger = Logger(child=True)
@@ -182,9 +183,47 @@ def remaining_members(clients: ClientFactory, departure: Departure,
                        extra={"federation": departure.federation})
         return [], []
     stacks = discovery.federation_stacks(clients, config.regions_to_search(departure.region), declared, config)
-    return discovery.resolvable_members(  # a peer that does not resolve cannot block a departure
+    members, skipped = discovery.resolvable_members(  # a peer that does not resolve cannot block a departure
         clients, [(region, stack) for region, stack in stacks if stack["StackId"] != departure.stack_id],
         declared, config)
+    return with_slurm_settings(clients, members), skipped
+
+
+SETTINGS_READ_SECONDS = 120  # discover-slurm.sh's own waits (scontrol, sacctmgr: 20 s each) and SSM's delivery
+
+
+def with_slurm_settings(clients: ClientFactory, members: list[Member]) -> list[Member]:
+    """The members with the Slurm settings their head nodes report now (discover-slurm.sh, read-only, all sent at
+    once), so that ShrinkFederationNetwork counts their queues' subnets as the pairing's plan does. A head node that
+    does not answer, or answers something invalid, leaves its member's settings unknown (None): the shrink then
+    keeps only the subnets AWS shows for it, and a departure is never blocked by a peer."""
+    sent: dict[str, node_commands.SentCommand] = {}
+    for member in members:
+        try:
+            sent[member.stack_id] = node_commands.send_script(
+                clients("ssm", member.region), [member.head_node.instance_id], "discover-slurm.sh", {},
+                timeout_seconds=SETTINGS_READ_SECONDS,
+                comment=f"slurm-multicluster: read Slurm settings of {member.cluster_name}")
+        except (ClientError, NodeUnreachable) as error:
+            logger.warning("cannot read a remaining member's Slurm settings",
+                           extra={"cluster": member.cluster_name, "error": str(error)})
+    read = []
+    for member in members:
+        settings = None
+        if member.stack_id in sent:
+            try:
+                result = node_commands.collect(sent[member.stack_id])[member.head_node.instance_id]
+                if result.ok:
+                    settings = SlurmSettings.model_validate(result.result)
+                else:
+                    logger.warning("discover-slurm.sh failed on a remaining member",
+                                   extra={"cluster": member.cluster_name, "error": result.result.get("error")})
+            except (ClientError, NodeCommandFailed, NodeUnreachable, InvalidInput, ValidationError) as error:
+                logger.warning("cannot read a remaining member's Slurm settings",
+                               extra={"cluster": member.cluster_name, "error": str(error)[:300]})
+        read.append(member.model_copy(update={"slurm": settings}))
+    return read
+
 
 
 def update_secret_access(clients: ClientFactory, departure: Departure, config: Settings) -> dict[str, Any]:

@@ -9,6 +9,7 @@
 #       SHARED_MUNGE_DIRS="/opt/parallelcluster/shared/.munge /opt/parallelcluster/shared_login_nodes/.munge"
 #       BACKUP_ROOT=/var/lib/slurm-multicluster/backups  MUNGE_SOCKET= (empty: munge's default socket)
 #       STAGING_ROOT=<BACKUP_ROOT's parent>/staged (keys staged by a rotation, not yet in use)
+#       FLEET_CONFIG_FILE=/etc/parallelcluster/slurm_plugin/fleet-config.json (the queues' subnets, head node)
 #   - the JSON result line (result_* to add fields, finish / die / die_usage to print it and exit)
 #   - strict value checks (check_* helpers, regexes below)
 #   - backups: backup_open, backup_file, manifest, restore_paths, prune_backups
@@ -25,6 +26,9 @@ STAGING_ROOT="${STAGING_ROOT:-${BACKUP_ROOT%/*}/staged}"
 # Name of a staged (pending) key inside a shared munge dir, next to SHARED_MUNGE_KEY_NAME.
 SHARED_PENDING_KEY_NAME=".munge.key.pending"
 MUNGE_SOCKET="${MUNGE_SOCKET:-}"
+# Written by ParallelCluster's cookbook on the head node (attribute cluster.slurm.fleet_config_path): every
+# queue's compute resources, with the subnets of the create-fleet ones.
+FLEET_CONFIG_FILE="${FLEET_CONFIG_FILE:-/etc/parallelcluster/slurm_plugin/fleet-config.json}"
 SHARED_DIRS=() # SHARED_MUNGE_DIRS as an array, set by check_path_settings
 PATH="/opt/slurm/bin:/opt/slurm/sbin:${PATH:-/usr/local/bin:/usr/bin:/bin:/usr/local/sbin:/usr/sbin:/sbin}"
 export PATH
@@ -50,6 +54,7 @@ RE_SECONDS='^[1-9][0-9]{0,4}$'
 RE_ABS_PATH='^/[A-Za-z0-9._/+@-]*$'
 RE_HOST_LABEL='^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$'
 RE_MUNGE_CREDENTIAL='^MUNGE:[A-Za-z0-9+/]+={0,2}:$'
+RE_SUBNET_ID='^subnet-[0-9a-f]{8,17}$'
 
 CHANGED=false
 RESULT_FIELDS=()
@@ -309,6 +314,7 @@ check_path_settings() {
     check_path_setting MUNGE_KEY_FILE "$MUNGE_KEY_FILE"
     check_path_setting BACKUP_ROOT "$BACKUP_ROOT"
     check_path_setting STAGING_ROOT "$STAGING_ROOT"
+    check_path_setting FLEET_CONFIG_FILE "$FLEET_CONFIG_FILE"
     if [[ -n $MUNGE_SOCKET ]]; then
         check_path_setting MUNGE_SOCKET "$MUNGE_SOCKET"
     fi

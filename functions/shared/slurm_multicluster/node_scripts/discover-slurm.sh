@@ -17,8 +17,12 @@
 #   mungeVersion, mungeKeySha256 (fingerprint only, never key bytes), sharedMungeKeys ("<file>=<sha256>" of
 #   each shared copy compute and login nodes boot from, "<file>=" when the dir exists without a key), configSource,
 #   registeredClusters (where this node runs an active slurmdbd: "name=ControlHost" of every cluster in its
-#   accounting, ControlHost empty when that cluster's slurmctld is not connected; else an empty list).
-# Environment: SLURM_ETC (/opt/slurm/etc), MUNGE_KEY_FILE (/etc/munge/munge.key).
+#   accounting, ControlHost empty when that cluster's slurmctld is not connected; else an empty list),
+#   queueSubnetIds (sorted, unique: every Networking.SubnetIds of every queue's compute resources in
+#   ParallelCluster's fleet-config.json, where a queue's launch template names only its first subnet; [] when
+#   the file is absent; anything there that is not a list of subnet ids fails the script).
+# Environment: SLURM_ETC (/opt/slurm/etc), MUNGE_KEY_FILE (/etc/munge/munge.key),
+#   FLEET_CONFIG_FILE (/etc/parallelcluster/slurm_plugin/fleet-config.json).
 set -euo pipefail
 # shellcheck source-path=SCRIPTDIR source=common.sh
 . "$(dirname "$0")/common.sh"
@@ -128,6 +132,34 @@ if [[ $slurmdbd_active == true ]]; then
     done < <(timeout 20 sacctmgr -nP show clusters format=cluster,controlhost 2>/dev/null || true)
 fi
 
+# --- the queues' subnets: ParallelCluster's fleet-config.json, {"<queue>": {"<compute resource>": {...,
+# "Networking": {"SubnetIds": ["subnet-...", ...]}}}} (create-fleet ones only). Whitespace is dropped first
+# (no subnet id holds any); every SubnetIds must then be a list of quoted subnet ids, else nothing is reported.
+queue_subnets=()
+if [[ -e $FLEET_CONFIG_FILE ]]; then
+    [[ -f $FLEET_CONFIG_FILE ]] || die "$FLEET_CONFIG_FILE is not a regular file"
+    (($(wc -c <"$FLEET_CONFIG_FILE") <= 4194304)) || die "$FLEET_CONFIG_FILE is larger than 4 MiB"
+    fleet=$(tr -d ' \t\r\n' <"$FLEET_CONFIG_FILE")
+    named=$({ grep -o '"SubnetIds":' <<<"$fleet" || true; } | wc -l)
+    mapfile -t subnet_lists < <(grep -o '"SubnetIds":\[[^]]*\]' <<<"$fleet" || true)
+    ((${#subnet_lists[@]} == named)) || die "$FLEET_CONFIG_FILE has a SubnetIds that is not a list of subnet ids"
+    for list in ${subnet_lists[@]+"${subnet_lists[@]}"}; do
+        items=${list#'"SubnetIds":['}
+        items=${items%]}
+        [[ -n $items ]] || continue
+        IFS=, read -r -a ids <<<"$items"
+        for id in "${ids[@]}"; do
+            if ! [[ $id =~ ^\"([^\"]*)\"$ ]] || ! [[ ${BASH_REMATCH[1]} =~ $RE_SUBNET_ID ]]; then
+                die "$FLEET_CONFIG_FILE names a subnet that is not a subnet id: $(sanitize "$id")"
+            fi
+            queue_subnets+=("${id:1:-1}")
+        done
+    done
+    if ((${#queue_subnets[@]} > 0)); then
+        mapfile -t queue_subnets < <(printf '%s\n' "${queue_subnets[@]}" | sort -u)
+    fi
+fi
+
 slurmctld_active=false
 ! unit_active slurmctld || slurmctld_active=true
 munge_active=false
@@ -163,4 +195,5 @@ result_str_or_null mungeKeySha256 "$munge_sha"
 result_list sharedMungeKeys ${shared_keys[@]+"${shared_keys[@]}"}
 result_str configSource "$config_source"
 result_list registeredClusters ${registered[@]+"${registered[@]}"}
+result_list queueSubnetIds ${queue_subnets[@]+"${queue_subnets[@]}"}
 finish
