@@ -109,11 +109,14 @@ def read_slurm_settings(clients: ClientFactory, member: Member, config: Settings
     return member.model_copy(update={"slurm": settings})
 
 
+SETTINGS_READ_SECONDS = 120  # discover-slurm.sh's own waits (scontrol, sacctmgr: 20 s each) and SSM's delivery
+
+
 def head_slurm_settings(clients: ClientFactory, region: str, instance_id: str, cluster_name: str) -> SlurmSettings:
     """discover-slurm.sh on one head node (read-only): its live Slurm settings, validated."""
     results = node_commands.run_script_checked(
         clients("ssm", region), [instance_id], "discover-slurm.sh", {},
-        timeout_seconds=120, comment=f"slurm-multicluster: read Slurm settings of {cluster_name}",
+        timeout_seconds=SETTINGS_READ_SECONDS, comment=f"slurm-multicluster: read Slurm settings of {cluster_name}",
     )
     return SlurmSettings.model_validate(results[instance_id].result)
 

@@ -189,9 +189,6 @@ def remaining_members(clients: ClientFactory, departure: Departure,
     return with_slurm_settings(clients, members), skipped
 
 
-SETTINGS_READ_SECONDS = 120  # discover-slurm.sh's own waits (scontrol, sacctmgr: 20 s each) and SSM's delivery
-
-
 def with_slurm_settings(clients: ClientFactory, members: list[Member]) -> list[Member]:
     """The members with the Slurm settings their head nodes report now (discover-slurm.sh, read-only, all sent at
     once), so that ShrinkFederationNetwork counts their queues' subnets as the pairing's plan does. A head node that
@@ -202,7 +199,7 @@ def with_slurm_settings(clients: ClientFactory, members: list[Member]) -> list[M
         try:
             sent[member.stack_id] = node_commands.send_script(
                 clients("ssm", member.region), [member.head_node.instance_id], "discover-slurm.sh", {},
-                timeout_seconds=SETTINGS_READ_SECONDS,
+                timeout_seconds=pairing.SETTINGS_READ_SECONDS,
                 comment=f"slurm-multicluster: read Slurm settings of {member.cluster_name}")
         except (ClientError, NodeUnreachable) as error:
             logger.warning("cannot read a remaining member's Slurm settings",
@@ -223,7 +220,6 @@ def with_slurm_settings(clients: ClientFactory, members: list[Member]) -> list[M
                                extra={"cluster": member.cluster_name, "error": str(error)[:300]})
         read.append(member.model_copy(update={"slurm": settings}))
     return read
-
 
 
 def update_secret_access(clients: ClientFactory, departure: Departure, config: Settings) -> dict[str, Any]:
