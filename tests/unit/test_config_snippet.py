@@ -22,7 +22,7 @@ FEDERATION = "hpc"
 ACCOUNTING_TAGS = {"slurm-multicluster:federation": FEDERATION, "slurm-multicluster:role": "accounting"}
 MEMBER_TAGS = {"slurm-multicluster:federation": FEDERATION}
 SECRET = f"slurm-multicluster/default/{FEDERATION}/munge-key"
-APP = Path(__file__).resolve().parents[2] / "functions" / "generate_config_snippet" / "app.py"
+APP = Path(__file__).resolve().parents[2] / "functions" / "pairing" / "generate_config_snippet" / "app.py"
 
 
 @pytest.fixture
