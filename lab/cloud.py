@@ -102,6 +102,11 @@ def load_template(path: Path = REPO / "template.yaml") -> dict[str, Any]:
     return yaml.load(path.read_text(), Loader=_CfnLoader)  # noqa: S506 (SafeLoader subclass)
 
 
+def code_dir(logical_id: str) -> Path:
+    """The CodeUri directory template.yaml gives a function: tests load a handler from where SAM would."""
+    return REPO / load_template()["Resources"][logical_id]["Properties"]["CodeUri"]
+
+
 @dataclass
 class Deployment:
     """What `deploy` created in moto from template.yaml."""

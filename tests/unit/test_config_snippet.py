@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import copy
 import importlib.util
-from pathlib import Path
 
 import boto3
 import pytest
 import yaml
 from moto import mock_aws
 
+from lab import cloud
 from lab.cloud import LambdaContext
 from lab.parallelcluster import create_cluster, create_network, declare_federation
 from slurm_multicluster import aws, config_snippet
@@ -22,7 +22,7 @@ FEDERATION = "hpc"
 ACCOUNTING_TAGS = {"slurm-multicluster:federation": FEDERATION, "slurm-multicluster:role": "accounting"}
 MEMBER_TAGS = {"slurm-multicluster:federation": FEDERATION}
 SECRET = f"slurm-multicluster/default/{FEDERATION}/munge-key"
-APP = Path(__file__).resolve().parents[2] / "functions" / "pairing" / "generate_config_snippet" / "app.py"
+APP = cloud.code_dir("GenerateConfigSnippetFunction") / "app.py"
 
 
 @pytest.fixture

@@ -127,11 +127,10 @@ def test_the_report_counts_each_federations_checked_members_for_the_dashboard(ca
     monkeypatch.setenv("AWS_REGION", "us-east-1")
     import json
     import time
-    from pathlib import Path
 
     from lab import cloud
-    handler = cloud._handler("PublishSweepReportFunction", Path(__file__).resolve().parents[2] / "functions"
-                             / "sweep" / "publish_sweep_report", "app.lambda_handler")
+    handler = cloud._handler("PublishSweepReportFunction", cloud.code_dir("PublishSweepReportFunction"),
+                             "app.lambda_handler")
     context = cloud.LambdaContext("PublishSweepReportFunction", "arn:aws:lambda:us-east-1:123456789012:function:"
                                   "PublishSweepReportFunction", deadline=time.monotonic() + 30)
     with mock_aws():
